@@ -1,0 +1,53 @@
+# The two commands a new user needs: `make run` and `make test`. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PE_ROOT := $(CURDIR)
+# Spark, torch and Airflow share 2 cores on a laptop; keep BLAS from oversubscribing them.
+export OMP_NUM_THREADS ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help install run test test-fast lint generate benchmark airflow-standalone jobs-zip clean clean-var
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-20s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" wheel "setuptools>=68"
+	@# torch first, pinned to the CPU build: a looser request would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned dependencies
+
+run: $(STAMP) ## Generate the default world when missing and run the nightly DAG for its latest date
+	$(BIN)/pe run
+
+test: $(STAMP) ## Run the test suite (PostgreSQL/Redis tests skip locally when absent, run in CI)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## Tests without the end-to-end pipeline runs
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP) ## Ruff over the code
+	$(BIN)/ruff check personalization jobs models dags tests benchmarks
+
+generate: $(STAMP) ## Generate the synthetic world (SCALE=tiny|small|medium|large)
+	$(BIN)/pe generate --scale $(or $(SCALE),small)
+
+benchmark: $(STAMP) ## Run the benchmarks; JSON and Markdown under results/
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+airflow-standalone: $(STAMP) ## Start Airflow (api-server, scheduler, ...) with this project's AIRFLOW_HOME
+	eval "$$($(BIN)/pe airflow-env)" && $(BIN)/airflow standalone
+
+clean-var: ## Delete generated data, MLflow store, serving DB and Airflow DB (var/)
+	rm -rf var
+
+clean: clean-var ## Also delete .venv and results
+	rm -rf $(VENV) results

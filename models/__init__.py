@@ -1,0 +1,1 @@
+"""Personalization models, evaluation, training, registry and batch scoring."""

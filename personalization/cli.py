@@ -1,0 +1,209 @@
+"""``pe``: the command line for what people do by hand.
+
+Examples::
+
+    pe generate --scale tiny            # write the synthetic world to the lake
+    pe run                              # generate if missing, run the nightly DAG for the latest date
+    pe run --date 2026-10-14 --direct   # same stages without Airflow
+    pe stage build_profiles --date 2026-10-14
+    pe summary                          # what the last run produced and how to look at it
+    pe show-user u0000042               # a user's serving rows
+    pe versions / pe rollback           # serving versions, instant rollback
+    pe config                           # the effective configuration
+    pe airflow-env                      # exports for `airflow standalone` with this project
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from personalization.config import Config, load_config
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+    if getattr(args, "scale", None):
+        overrides.setdefault("generator", {})["scale"] = args.scale
+    if getattr(args, "seed", None) is not None:
+        overrides.setdefault("generator", {})["seed"] = args.seed
+    return load_config(args.config, overrides=overrides or None)
+
+
+def _latest_date(config: Config) -> str:
+    from personalization.generator import read_world_summary
+
+    summary = read_world_summary(config)
+    if summary is None:
+        raise SystemExit(
+            f"no generated world under {config.lake_root}: run `pe generate` first (or `pe run`, which generates it)"
+        )
+    return summary.last_date
+
+
+def _ensure_world(config: Config) -> None:
+    from personalization.generator import generate_world, read_world_summary
+
+    existing = read_world_summary(config)
+    wanted = (config.generator.scale, config.generator.seed)
+    if existing is not None and (existing.scale, existing.seed) == wanted:
+        return
+    print(f"generating the {config.generator.scale!r} synthetic world under {config.lake_root} ...", flush=True)
+    generate_world(config, progress=True)
+
+
+# ------------------------------------------------------------------ commands
+def cmd_generate(args: argparse.Namespace) -> int:
+    from personalization.generator import generate_world
+
+    config = _config(args)
+    summary = generate_world(config, progress=not args.quiet)
+    print(json.dumps(summary.to_dict() if hasattr(summary, "to_dict") else vars(summary), indent=2, default=str))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _ensure_world(config)
+    date = args.date or _latest_date(config)
+    if args.direct:
+        from personalization import pipeline
+
+        pipeline.run_all(config, date)
+    else:
+        from personalization.airflow_runner import run_dag_in_process
+
+        print(f"running DAG personalization_nightly for {date} (Airflow home {config.airflow_home}) ...", flush=True)
+        try:
+            run_dag_in_process(config, date)
+        except Exception as error:  # noqa: BLE001 - report and point to the logs
+            print(f"\nthe nightly run for {date} failed: {error}\n"
+                  f"See the task logs above; rerun one stage with `pe stage <name> --date {date}`.",
+                  file=sys.stderr)
+            return 1
+    from personalization.summary import print_summary
+
+    print_summary(config, date)
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from personalization import pipeline
+
+    config = _config(args)
+    date = args.date or _latest_date(config)
+    result = getattr(pipeline, args.name)(config, date)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from personalization.summary import print_summary
+
+    config = _config(args)
+    print_summary(config, args.date or _latest_date(config))
+    return 0
+
+
+def cmd_show_user(args: argparse.Namespace) -> int:
+    from personalization.summary import user_rows
+
+    config = _config(args)
+    for line in user_rows(config, args.user_id):
+        print(line)
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from personalization.serving.publish import list_versions
+
+    print(json.dumps(list_versions(_config(args)), indent=2, default=str))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from personalization.serving.publish import rollback
+
+    print(json.dumps(rollback(_config(args), args.version), indent=2, default=str))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(json.dumps(config.to_dict(), indent=2))
+    return 0
+
+
+def cmd_airflow_env(args: argparse.Namespace) -> int:
+    from personalization.airflow_runner import airflow_environment
+
+    for key, value in airflow_environment(_config(args)).items():
+        print(f"export {key}={value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pe", description="Batch personalization engine for an app store.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__,
+    )
+    parser.add_argument("--config", help="YAML configuration file (default: $PE_CONFIG, else embedded defaults)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    generate = add("generate", cmd_generate, "Generate the synthetic app-store world into the lake's landing zone.")
+    generate.add_argument("--scale", choices=["tiny", "small", "medium", "large"], help="world size preset")
+    generate.add_argument("--seed", type=int, help="random seed (same seed, same bytes)")
+    generate.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    run = add("run", cmd_run, "Run the nightly pipeline for a date (generates the world when missing).")
+    run.add_argument("--date", help="run date YYYY-MM-DD (default: the latest generated date)")
+    run.add_argument("--scale", choices=["tiny", "small", "medium", "large"], help="world size preset")
+    run.add_argument("--seed", type=int, help="world seed")
+    run.add_argument("--direct", action="store_true", help="run the stages in this process, without Airflow")
+
+    from personalization.pipeline import STAGES
+
+    stage = add("stage", cmd_stage, "Run one stage of the nightly pipeline for a date.")
+    stage.add_argument("name", choices=STAGES, help="stage name")
+    stage.add_argument("--date", help="run date YYYY-MM-DD (default: the latest generated date)")
+
+    summary = add("summary", cmd_summary, "Print what a run produced and how to inspect it.")
+    summary.add_argument("--date", help="run date YYYY-MM-DD (default: the latest generated date)")
+
+    show = add("show-user", cmd_show_user, "Print a user's insights and recommendations from the serving DB.")
+    show.add_argument("user_id", help="the app's user id, e.g. u0000042")
+
+    add("versions", cmd_versions, "List the serving versions kept for rollback.")
+    rollback = add("rollback", cmd_rollback, "Switch the serving tables back to a kept version.")
+    rollback.add_argument("--version", type=int, help="version to make live (default: the previous one)")
+
+    add("config", cmd_config, "Print the effective configuration (defaults, file, environment).")
+    add("airflow-env", cmd_airflow_env, "Print the exports that point Airflow at this project.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

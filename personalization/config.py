@@ -1,0 +1,332 @@
+"""One typed configuration for the whole engine.
+
+Resolution order (later wins):
+1. the embedded defaults below (a laptop run under ``var/``);
+2. a YAML file: ``$PE_CONFIG`` or the ``path`` argument of :func:`load_config`;
+3. environment variables ``PE_<SECTION>__<KEY>`` (for example
+   ``PE_SERVING__URL=postgresql://...`` or ``PE_SPARK__MASTER=spark://host:7077``).
+
+Relative paths are resolved against the project root (``$PE_ROOT``, else the
+current directory), so production values such as an ``s3://`` lake or a
+PostgreSQL URL are configuration, never code changes. Secrets are never stored
+here: they come from the environment (for example ``PE_PRIVACY__HMAC_KEY``) or an
+Airflow connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCALES = ("tiny", "small", "medium", "large")
+
+
+@dataclass
+class PathsConfig:
+    """Where things live. Local paths or URIs (``s3://bucket/prefix``)."""
+
+    root: str = "."
+    var_dir: str = "var"
+    lake_root: str = "var/lake"
+    airflow_home: str = "var/airflow"
+    results_dir: str = "results"
+
+
+@dataclass
+class GeneratorConfig:
+    """The synthetic app-store world (the embedded default data)."""
+
+    scale: str = "small"
+    seed: int = 42
+    start_date: str = "2026-10-01"
+    #: Fraction of raw lines replaced by an injected bad record (0 disables).
+    bad_record_rate: float = 0.01
+
+
+@dataclass
+class SparkConfig:
+    master: str = "local[*]"
+    app_name: str = "personalization"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    #: Extra ``spark.*`` settings, e.g. ``{"spark.executor.memory": "8g"}``.
+    extra: dict[str, str] = field(default_factory=dict)
+    #: Airflow connection id for spark-submit; empty runs Spark in-process.
+    submit_conn_id: str = ""
+
+
+@dataclass
+class ValidationConfig:
+    #: The run fails when bad records exceed this fraction of the landing batch.
+    max_bad_rate: float = 0.05
+    #: Oversized free-text fields (bytes) are quarantined.
+    max_field_bytes: int = 2048
+    #: Events more than this many minutes after the landing day's end are "in the future".
+    future_tolerance_minutes: int = 60
+
+
+@dataclass
+class ProfileConfig:
+    window_days: int = 90
+    #: Half-life of the exponential time decay, in days.
+    half_life_days: float = 14.0
+
+
+@dataclass
+class SegmentConfig:
+    k_min: int = 4
+    k_max: int = 8
+    seed: int = 7
+
+
+@dataclass
+class FeatureConfig:
+    #: Days at the end of the window used for validation examples.
+    validation_days: int = 2
+    negatives_per_positive: int = 4
+    #: Regional/category aggregates over fewer distinct users are suppressed.
+    min_group_size: int = 10
+    popularity_half_life_days: float = 7.0
+
+
+@dataclass
+class TrainingConfig:
+    #: Models trained each night; the champion is chosen among them by validation NDCG@10.
+    models: list[str] = field(
+        default_factory=lambda: ["popularity", "ease", "cf_bpr", "two_tower", "content"]
+    )
+    seed: int = 42
+    embedding_dim: int = 64
+    max_epochs: int = 10
+    batch_size: int = 1024
+    learning_rate: float = 0.003
+    ease_lambda: float = 250.0
+    #: "full" retrains from scratch; "incremental" warm-starts from the champion.
+    mode: str = "full"
+    #: With mode "auto": full retrain on this ISO weekday (1=Mon..7=Sun), incremental otherwise.
+    full_retrain_weekday: int = 7
+    accelerator: str = "auto"
+    k: int = 10
+
+
+@dataclass
+class PromotionConfig:
+    #: A challenger needs validation NDCG@10 above champion + margin.
+    ndcg_margin: float = 0.0
+    #: Guardrails: the challenger may lose at most this much (absolute) coverage / diversity.
+    max_coverage_drop: float = 0.10
+    max_diversity_drop: float = 0.10
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///var/mlflow.db"
+    artifact_root: str = "var/mlartifacts"
+    experiment: str = "personalization"
+    registered_model: str = "app-recommender"
+    champion_alias: str = "champion"
+
+
+@dataclass
+class ScoringConfig:
+    top_n: int = 10
+    #: Users scored per block; peak memory is block_size x n_apps floats.
+    block_size: int = 2048
+    #: "local" (blocked matrix products) or "spark" (mapInPandas with a broadcast model).
+    engine: str = "local"
+    max_per_developer: int = 2
+    #: Paid apps are recommended only to users who have bought before.
+    paid_only_for_buyers: bool = True
+    #: "mmr", "category_cap" or "none".
+    diversity: str = "mmr"
+    mmr_lambda: float = 0.8
+    category_cap: int = 3
+    similar_apps_n: int = 10
+    #: Candidates kept per user before business rules and re-ranking.
+    candidate_pool: int = 100
+
+
+@dataclass
+class ServingConfig:
+    url: str = "sqlite:///var/serving.db"
+    #: Published versions kept for instant rollback.
+    keep_versions: int = 3
+    #: Optional Redis sink, e.g. redis://127.0.0.1:6379/0; empty disables it.
+    redis_url: str = ""
+    redis_ttl_seconds: int = 172800
+
+
+@dataclass
+class PrivacyConfig:
+    #: Key for keyed-HMAC pseudonymisation; read from the environment, never committed.
+    hmac_key: str = ""
+    raw_retention_days: int = 400
+    aggregate_retention_days: int = 400
+    model_retention_days: int = 90
+    dp_epsilon: float = 0.0
+
+
+@dataclass
+class Config:
+    """The whole engine's configuration."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    profiles: ProfileConfig = field(default_factory=ProfileConfig)
+    segments: SegmentConfig = field(default_factory=SegmentConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def root(self) -> Path:
+        return Path(self.paths.root).resolve()
+
+    def resolve(self, value: str) -> str:
+        """Absolute local path for a relative one; URIs (``s3://``) unchanged."""
+        if "://" in value:
+            return value
+        path = Path(value)
+        return str(path if path.is_absolute() else (self.root / path).resolve())
+
+    @property
+    def lake_root(self) -> str:
+        return self.resolve(self.paths.lake_root)
+
+    @property
+    def var_dir(self) -> str:
+        return self.resolve(self.paths.var_dir)
+
+    @property
+    def airflow_home(self) -> str:
+        return self.resolve(self.paths.airflow_home)
+
+    @property
+    def results_dir(self) -> str:
+        return self.resolve(self.paths.results_dir)
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """Tracking URI with a relative SQLite path made absolute."""
+        uri = self.mlflow.tracking_uri
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            return prefix + self.resolve(uri[len(prefix):])
+        return uri
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        root = self.mlflow.artifact_root
+        return root if "://" in root else Path(self.resolve(root)).as_uri()
+
+    @property
+    def serving_url(self) -> str:
+        """Serving DB URL with a relative SQLite path made absolute."""
+        url = self.serving.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            return prefix + self.resolve(url[len(prefix):])
+        return url
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------- loading
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Convert a YAML/env value to the annotated field type, with a clear error."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, str):  # postponed annotations resolved below
+        raise TypeError(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    if annotation in (int, float, str):
+        return annotation(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        (item_type,) = typing.get_args(annotation)
+        return [_coerce(item, item_type) for item in value]
+    if origin is dict:
+        if isinstance(value, str):
+            import json
+
+            value = json.loads(value)
+        return {str(key): str(item) for key, item in dict(value).items()}
+    return value
+
+
+def _apply(section: Any, values: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    names = {f.name for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        if key not in names:
+            raise ValueError(f"unknown configuration key {where}.{key}; known: {sorted(names)}")
+        try:
+            setattr(section, key, _coerce(value, hints[key]))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"bad value for {where}.{key}: {value!r} ({error})") from None
+
+
+def apply_overrides(config: Config, overrides: dict[str, dict[str, Any]], where: str = "") -> Config:
+    """Apply ``{"section": {"key": value}}`` onto ``config`` in place and return it."""
+    sections = {f.name for f in dataclasses.fields(config)}
+    for section_name, values in (overrides or {}).items():
+        if section_name not in sections:
+            raise ValueError(f"unknown configuration section {section_name!r}{where}; known: {sorted(sections)}")
+        if not isinstance(values, dict):
+            raise ValueError(f"configuration section {section_name!r}{where} must be a mapping")
+        _apply(getattr(config, section_name), values, section_name)
+    return config
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith("PE_") or "__" not in name:
+            continue
+        section, _, key = name[3:].partition("__")
+        overrides.setdefault(section.lower(), {})[key.lower()] = value
+    return overrides
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the configuration: defaults, then YAML file, then environment, then ``overrides``."""
+    environ = dict(os.environ if environ is None else environ)
+    config = Config()
+    config.paths.root = environ.get("PE_ROOT", os.getcwd())
+    path = path or environ.get("PE_CONFIG")
+    if path:
+        import yaml
+
+        with open(path, encoding="utf-8") as handle:
+            from_file = yaml.safe_load(handle) or {}
+        apply_overrides(config, from_file, where=f" in {path}")
+    apply_overrides(config, _env_overrides(environ), where=" in the environment")
+    if overrides:
+        apply_overrides(config, overrides)
+    if config.generator.scale not in SCALES:
+        raise ValueError(f"generator.scale must be one of {SCALES}, got {config.generator.scale!r}")
+    return config

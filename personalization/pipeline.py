@@ -1,0 +1,169 @@
+"""The nightly pipeline's stages as plain functions: what each Airflow task calls.
+
+Each stage takes the configuration and the run's date (``YYYY-MM-DD``), does its
+work on that date's partitions (overwrite, so reruns are idempotent), writes a
+small JSON record of what it did under ``var/runs/<date>/<stage>.json`` and
+returns it. Only such small dicts (paths, table names, run ids, counts) travel
+between tasks, never data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from personalization.config import Config
+from personalization.lake import Lake, check_date
+
+log = logging.getLogger("personalization.pipeline")
+
+STAGES = (
+    "validate_raw_events",
+    "build_profiles",
+    "build_segments",
+    "build_features",
+    "train_models",
+    "evaluate_and_promote",
+    "score_users",
+    "publish_serving",
+    "validate_serving",
+)
+
+#: Serving tables published each night, from the gold table of the same name.
+SERVING_TABLES = (
+    "recommendations",
+    "user_insights",
+    "similar_apps",
+    "recommended_categories",
+    "search_personalization",
+    "suggested_queries",
+)
+
+
+def run_record_dir(config: Config, date: str) -> Path:
+    """Where each stage's JSON record for ``date`` is kept (local, under ``var/``)."""
+    return Path(config.var_dir) / "runs" / check_date(date)
+
+
+def read_record(config: Config, date: str, stage: str) -> dict[str, Any] | None:
+    path = run_record_dir(config, date) / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _record(config: Config, date: str, stage: str, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    result = dict(result)
+    result.setdefault("stage", stage)
+    result.setdefault("date", date)
+    result["seconds"] = round(seconds, 3)
+    folder = run_record_dir(config, date)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{stage}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, folder / f"{stage}.json")
+    return result
+
+
+def _timed(stage: str, config: Config, date: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    date = check_date(date)
+    log.info("stage %s: starting for %s", stage, date)
+    started = time.perf_counter()
+    result = work()
+    seconds = time.perf_counter() - started
+    log.info("stage %s: done for %s in %.1f s", stage, date, seconds)
+    return _record(config, date, stage, result, seconds)
+
+
+# ------------------------------------------------------------------ Spark stages
+def validate_raw_events(config: Config, date: str) -> dict[str, Any]:
+    """Ingest and validate the landing partition of ``date``; quarantine bad records."""
+    from jobs import validate_raw_events as job
+
+    return _timed("validate_raw_events", config, date, lambda: job.main(config, date))
+
+
+def build_profiles(config: Config, date: str) -> dict[str, Any]:
+    from jobs import build_profiles as job
+
+    return _timed("build_profiles", config, date, lambda: job.main(config, date))
+
+
+def build_segments(config: Config, date: str) -> dict[str, Any]:
+    from jobs import build_segments as job
+
+    return _timed("build_segments", config, date, lambda: job.main(config, date))
+
+
+def build_features(config: Config, date: str) -> dict[str, Any]:
+    from jobs import build_features as job
+
+    return _timed("build_features", config, date, lambda: job.main(config, date))
+
+
+# ------------------------------------------------------------------ model stages
+def train_models(config: Config, date: str) -> dict[str, Any]:
+    """Train every configured model and log them to MLflow (one parent run)."""
+    from models.train import train
+
+    return _timed("train_models", config, date, lambda: train(config, date))
+
+
+def evaluate_and_promote(config: Config, date: str, train_result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Register the best challenger; move the champion alias only if it passes the gate."""
+    from models.registry import evaluate_and_promote as promote
+
+    train_result = train_result or read_record(config, date, "train_models")
+    if not train_result:
+        raise RuntimeError(f"no train_models record for {date}: run train_models first")
+    return _timed("evaluate_and_promote", config, date, lambda: promote(config, train_result))
+
+
+def score_users(config: Config, date: str) -> dict[str, Any]:
+    """Score every active user with the champion; write the serving tables to gold."""
+    from models.scoring import score_users as score
+
+    return _timed("score_users", config, date, lambda: score(config, date))
+
+
+# ---------------------------------------------------------------- serving stages
+def publish_serving(config: Config, date: str, score_result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Atomically publish the scored tables to the serving database."""
+    from personalization.serving.publish import publish
+
+    score_result = score_result or read_record(config, date, "score_users")
+    if not score_result:
+        raise RuntimeError(f"no score_users record for {date}: run score_users first")
+    lake = Lake(config)
+    tables = {name: lake.partition(lake.gold(name), date) for name in SERVING_TABLES}
+
+    def work() -> dict[str, Any]:
+        return publish(
+            config,
+            date,
+            tables=tables,
+            model_version=str(score_result.get("model_version", "unknown")),
+            expected=score_result.get("expected", {}),
+        )
+
+    return _timed("publish_serving", config, date, work)
+
+
+def validate_serving(config: Config, date: str, publish_result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check the live serving tables after the switch."""
+    from personalization.serving.publish import validate_serving as check
+
+    score_result = read_record(config, date, "score_users") or {}
+    return _timed(
+        "validate_serving", config, date, lambda: check(config, date, expected=score_result.get("expected", {}))
+    )
+
+
+def run_all(config: Config, date: str, stages: tuple[str, ...] = STAGES) -> dict[str, dict[str, Any]]:
+    """Run the stages in order in this process (the DAG's work without Airflow)."""
+    results: dict[str, dict[str, Any]] = {}
+    for stage in stages:
+        results[stage] = globals()[stage](config, date)
+    return results
