@@ -1,0 +1,119 @@
+"""End to end: the nightly DAG on the ``tiny`` world, through Airflow's ``dag.test()``.
+
+The checks are computed independently of the pipeline's code: active users and
+installed apps come straight from the validated events, the serving rows from
+plain SQL on the stable names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PE_ROOT=str(root), PE_GENERATOR__SCALE="tiny")
+    env.pop("PE_CONFIG", None)
+    return env
+
+
+def _pe(root: Path, *args: str) -> subprocess.CompletedProcess:
+    completed = subprocess.run(
+        [sys.executable, "-m", "personalization.cli", *args], cwd=root, env=_env(root),
+        capture_output=True, text=True, timeout=1500,
+    )
+    assert completed.returncode == 0, (completed.stdout[-4000:], completed.stderr[-6000:])
+    return completed
+
+
+def _counts(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as connection:
+        return {
+            table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("recommendations", "user_insights", "similar_apps")
+        }
+
+
+@pytest.fixture(scope="module")
+def nightly_run(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("e2e")
+    first = _pe(root, "run")
+    db = root / "var" / "serving.db"
+    counts_first = _counts(db)
+    second = _pe(root, "run")
+    counts_second = _counts(db)
+    world = json.loads((root / "var" / "lake" / "raw" / "_manifests" / "world.json").read_text())
+    return {"root": root, "db": db, "first": first, "second": second, "counts": (counts_first, counts_second),
+            "world": world}
+
+
+def test_run_prints_the_summary(nightly_run: dict) -> None:
+    out = nightly_run["first"].stdout
+    assert "Nightly personalization run for" in out
+    assert "quarantined" in out
+    assert "mlflow ui" in out
+    assert "airflow standalone" in out
+
+
+def test_second_run_is_idempotent(nightly_run: dict) -> None:
+    first, second = nightly_run["counts"]
+    assert first == second
+    assert first["recommendations"] > 0 and first["user_insights"] > 0 and first["similar_apps"] > 0
+
+
+def _silver_events(root: Path, date: str):
+    import pandas as pd
+
+    events_root = root / "var" / "lake" / "silver" / "events"
+    frames = [pd.read_parquet(part) for part in sorted(events_root.glob("event_date=*"))
+              if part.name.split("=", 1)[1] <= date]
+    return pd.concat(frames, ignore_index=True), events_root / f"event_date={date}"
+
+
+def test_every_active_user_gets_n_fresh_recommendations(nightly_run: dict) -> None:
+    import pandas as pd
+
+    from personalization.config import load_config
+
+    root, date = nightly_run["root"], nightly_run["world"]["last_date"]
+    config = load_config(environ={"PE_ROOT": str(root)})
+    top_n = config.scoring.top_n
+    events, today_partition = _silver_events(root, date)
+    today = pd.read_parquet(today_partition)
+    active_users = set(today["user_id"])
+    assert active_users, "the tiny world must have activity on its last day"
+
+    with sqlite3.connect(nightly_run["db"]) as connection:
+        recs = pd.read_sql_query(
+            "SELECT user_id, rank, app_id FROM recommendations WHERE surface = 'for_you'", connection)
+    per_user = recs.groupby("user_id")["rank"].apply(sorted).to_dict()
+    missing = active_users - set(per_user)
+    assert not missing, f"{len(missing)} active users without for_you rows, e.g. {sorted(missing)[:5]}"
+    for user in active_users:
+        assert per_user[user] == list(range(1, top_n + 1)), user
+
+    # Installed (and not uninstalled since) apps, from the validated events alone.
+    app_events = events[events["event_type"].isin(["install", "uninstall"])].sort_values("ts")
+    last_action = app_events.groupby(["user_id", "app_id"])["event_type"].last()
+    installed = set(last_action[last_action == "install"].index)
+    shown = set(zip(recs["user_id"], recs["app_id"]))
+    assert not (shown & installed), sorted(shown & installed)[:5]
+
+
+def test_quarantine_counts_match_what_the_generator_injected(nightly_run: dict) -> None:
+    root, date = nightly_run["root"], nightly_run["world"]["last_date"]
+    lake = root / "var" / "lake"
+    injected = json.loads((lake / "raw" / "_manifests" / f"date={date}" / "injected.json").read_text())["injected"]
+    report = json.loads((lake / "reports" / "validation" / f"date={date}" / "report.json").read_text())
+    assert {k: v for k, v in report["by_reason"].items() if v} == {k: v for k, v in injected.items() if v}
