@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 from personalization.config import Config
 from personalization.pipeline import SERVING_TABLES, read_record
+from personalization.serving.db import make_engine
 
 _SUMMARY_TABLES = (*SERVING_TABLES, "publish_log")
 
@@ -16,7 +17,7 @@ def serving_counts(config: Config) -> dict[str, int | None]:
     """Row count of each stable serving name (None when the table does not exist)."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(config.serving_url)
+    engine = make_engine(config.serving_url)
     counts: dict[str, int | None] = {}
     try:
         with engine.connect() as connection:
@@ -34,7 +35,7 @@ def serving_counts(config: Config) -> dict[str, int | None]:
 def sample_user(config: Config) -> str | None:
     import sqlalchemy as sa
 
-    engine = sa.create_engine(config.serving_url)
+    engine = make_engine(config.serving_url)
     try:
         with engine.connect() as connection:
             return connection.execute(
@@ -53,7 +54,7 @@ def user_rows(config: Config, user_id: str) -> Iterator[str]:
     from personalization.security import validate_user_id
 
     user_id = validate_user_id(user_id)
-    engine = sa.create_engine(config.serving_url)
+    engine = make_engine(config.serving_url)
     try:
         with engine.connect() as connection:
             insight = connection.execute(
