@@ -171,6 +171,31 @@ class PrivacyConfig:
 
 
 @dataclass
+class MonitoringConfig:
+    """Drift and volume checks, alerting, and experiment analysis settings."""
+
+    #: "warn" logs and alerts on a breach; "fail" also fails the monitor task.
+    mode: str = "warn"
+    psi_warn: float = 0.1
+    psi_breach: float = 0.25
+    psi_bins: int = 10
+    psi_epsilon: float = 1e-4
+    volume_z_warn: float = 3.0
+    volume_z_breach: float = 5.0
+    volume_history_days: int = 7
+    volume_min_history_days: int = 3
+    #: Dotted path of the alert notifier class.
+    notifier: str = "personalization.alerts.LoggingNotifier"
+    report_window_days: int = 14
+    alpha: float = 0.05
+    power: float = 0.8
+    srm_threshold: float = 0.001
+    mde_relative: float = 0.05
+    #: YAML file declaring experiments; empty means none.
+    experiments_file: str = ""
+
+
+@dataclass
 class Config:
     """The whole engine's configuration."""
 
@@ -187,6 +212,7 @@ class Config:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
     # ----------------------------------------------------------------- paths
     @property
