@@ -23,6 +23,7 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
+from personalization.alerts import deadline_alert, on_failure_callback
 from personalization.assets import (
     GOLD_APP_FEATURES,
     GOLD_INTERACTIONS,
@@ -41,6 +42,8 @@ DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": dt.timedelta(minutes=5),
     "retry_exponential_backoff": True,
+    # Every failed attempt leaves an alert record (serving DB `alerts`) and goes to the notifier.
+    "on_failure_callback": on_failure_callback,
 }
 
 
@@ -66,6 +69,8 @@ def _config_and_date(context: dict) -> tuple:
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,
+    # The nightly window: a run still going 3 hours after it was queued raises an alert.
+    deadline=deadline_alert(180),
     default_args=DEFAULT_ARGS,
     tags=["personalization", "nightly", "spark", "mlflow"],
     doc_md=__doc__,
@@ -122,7 +127,11 @@ def personalization_nightly():
         from personalization import pipeline
 
         config, date = _config_and_date(context)
-        return pipeline.publish_serving(config, date, score_result)
+        result = pipeline.publish_serving(config, date, score_result)
+        # Downstream DAGs (experiment report, privacy requests) read the date from the asset event.
+        for asset in SERVING_ASSETS:
+            context["outlet_events"][asset].extra = {"date": date, "version": result.get("version")}
+        return result
 
     @task
     def validate_serving(publish_result: dict, **context) -> dict:
