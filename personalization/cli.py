@@ -55,6 +55,30 @@ def _ensure_world(config: Config) -> None:
     generate_world(config, progress=True)
 
 
+def _ingest_history(config: Config, date: str) -> None:
+    """Validate every earlier landing date not yet ingested, so the run's rolling window has history.
+
+    A fresh world lands two weeks of raw data at once; the nightly DAG then ingests
+    only its own date. Already-validated dates (with a run report) are skipped, so
+    this is cheap on the second ``make run``.
+    """
+    from tqdm import tqdm
+
+    from personalization import pipeline
+    from personalization.generator import read_world_summary
+    from personalization.lake import Lake
+    from personalization.storage import exists
+
+    summary = read_world_summary(config)
+    if summary is None:
+        return
+    lake = Lake(config)
+    pending = [day for day in summary.dates
+               if day < date and not exists(f"{lake.report('validation', day)}/report.json")]
+    for day in tqdm(pending, desc="ingesting earlier landing dates", unit="day", disable=not pending):
+        pipeline.validate_raw_events(config, day)
+
+
 # ------------------------------------------------------------------ commands
 def cmd_generate(args: argparse.Namespace) -> int:
     from personalization.generator import generate_world
@@ -69,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     _ensure_world(config)
     date = args.date or _latest_date(config)
+    _ingest_history(config, date)
     if args.direct:
         from personalization import pipeline
 
