@@ -117,3 +117,19 @@ def test_quarantine_counts_match_what_the_generator_injected(nightly_run: dict) 
     injected = json.loads((lake / "raw" / "_manifests" / f"date={date}" / "injected.json").read_text())["injected"]
     report = json.loads((lake / "reports" / "validation" / f"date={date}" / "report.json").read_text())
     assert {k: v for k, v in report["by_reason"].items() if v} == {k: v for k, v in injected.items() if v}
+
+
+@pytest.mark.parametrize("name", ["compare_runs", "explore_recommendations"])
+def test_notebooks_execute_top_to_bottom(nightly_run: dict, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    # The kernel inherits the environment: the notebooks find the run through the configuration.
+    for key, value in _env(nightly_run["root"]).items():
+        monkeypatch.setenv(key, value)
+    notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(nightly_run["root"])}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
+    assert not [output for output in outputs if output.get("output_type") == "error"]
+    assert any("image/png" in output.get("data", {}) for output in outputs), "the notebook must draw its plots"
