@@ -1,0 +1,180 @@
+"""Subject access and portability: one JSON document per user (``reports/exports/<user_id>.json``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from personalization import storage
+from personalization.config import Config
+from personalization.data_rights import files, lake_store, serving_store
+from personalization.data_rights.common import audit, partitions, utc_now
+from personalization.data_rights.ids import IdMatcher, validate_actor
+from personalization.lake import Lake
+from personalization.security import validate_user_id
+
+#: Version of the export document's layout (bump on any incompatible change).
+EXPORT_FORMAT_VERSION = 1
+
+#: The document's sections and what each holds (written into every export).
+EXPORT_SECTIONS = {
+    "account": "The sign-up record as received (raw/users): demographics, location, device, consent at sign-up.",
+    "profile": "The behavioural profile computed for the latest date (gold/profiles), one record or null.",
+    "segment": "The user's segment on the latest date (gold/segments): id and name, or null.",
+    "events": "Every validated event of the user (silver/events), oldest first; IP addresses are never stored.",
+    "consent": "Consent at sign-up, every consent_change event received (raw/events), and the current flags "
+               "(latest silver/users snapshot).",
+    "insights": "The live serving insights (user_insights): engagement, churn risk, lifetime value, interests, "
+                "next best action and notification preferences.",
+    "recommendations": "The live recommendations per surface (serving recommendations) with the reason shown.",
+    "recommended_categories": "Live recommended categories (serving).",
+    "search_personalization": "Live search boosts per category (serving).",
+    "suggested_queries": "Live suggested search queries (serving).",
+    "privacy_requests": "Earlier privacy requests about this user (audit log): action, time, details.",
+}
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON-safe copies of Arrow/SQL values: ISO dates, no NaN, lists for tuples and arrays."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return value.isoformat() + "Z"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if hasattr(value, "item") and not isinstance(value, (str, int, bool)):
+        return _jsonable(value.item())  # numpy scalars
+    return value
+
+
+def _user_rows(table_prefix: str, user_id: str, selected: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """The user's rows in the ``selected`` partitions of a Parquet table, with the partition column added."""
+    rows: list[dict[str, Any]] = []
+    for folder, column, value in selected:
+        for uri in files.list_files(f"{table_prefix}/{folder}"):
+            if not uri.endswith(".parquet"):
+                continue
+            with files.local_copy(uri) as path:
+                if "user_id" not in pq.read_schema(path).names:
+                    continue
+                # The filter lets Parquet statistics skip row groups that cannot hold the user.
+                table = pq.read_table(path, filters=[("user_id", "=", user_id)], coerce_int96_timestamp_unit="us")
+            table = table.filter(pc.equal(table.column("user_id"), pa.scalar(user_id)))
+            maps = {f.name for f in table.schema if pa.types.is_map(f.type)}
+            for row in table.to_pylist():
+                row = {key: (dict(item) if key in maps and item is not None else item) for key, item in row.items()}
+                row[column] = value
+                rows.append(_jsonable(row))
+    return rows
+
+
+def _raw_records(prefix: str, matcher: IdMatcher, user_id: str) -> list[dict[str, Any]]:
+    """Raw JSON-lines records whose parsed user_id is ``user_id`` (lines pre-filtered by token)."""
+    records = []
+    for uri in files.list_files(prefix):
+        if not uri.endswith(".jsonl"):
+            continue
+        with files.local_copy(uri) as path, open(path, "rb") as handle:
+            for line in handle:
+                if not matcher.find_bytes(line):
+                    continue
+                try:
+                    record = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(record, dict) and record.get("user_id") == user_id:
+                    records.append(record)
+    return records
+
+
+def export_user(config: Config, user_id: str, requested_by: str) -> dict[str, Any]:
+    """Write the user's data as one JSON document to ``reports/exports/<user_id>.json`` and audit it.
+
+    The document holds ``format_version``, ``generated_at``, ``user_id``,
+    ``sections`` (what each section means) and one key per section; nothing about
+    other users. Returns ``{"user_id", "path", "counts": {section: records}, "document"}``.
+    """
+    user_id = validate_user_id(user_id)
+    actor = validate_actor(requested_by)
+    matcher = IdMatcher([user_id])
+    lake = Lake(config)
+
+    profiles = lake.gold("profiles")
+    profile_rows = _user_rows(profiles, user_id, partitions(profiles)[-1:])
+    segments = lake.gold("segments")
+    segment_rows = _user_rows(segments, user_id, partitions(segments)[-1:])
+    events_table = lake.silver("events")
+    events = sorted(_user_rows(events_table, user_id, partitions(events_table)),
+                    key=lambda row: (str(row.get("ts")), str(row.get("event_id"))))
+    users_table = lake.silver("users")
+    current = _user_rows(users_table, user_id, partitions(users_table)[-1:])
+
+    signups = _raw_records(lake.raw_users(), matcher, user_id)
+    consent_fields = ("consent_behavioral", "consent_location", "consent_demographics", "consent_third_party")
+    consent_events = sorted(
+        ({key: record.get(key) for key in ("event_id", "ts", "consent_type", "consent_value")}
+         for record in _raw_records(lake.raw_events(), matcher, user_id)
+         if record.get("event_type") == "consent_change"),
+        key=lambda row: (str(row["ts"]), str(row["event_id"])))
+    # The same event may land twice (at-least-once delivery upstream): keep its first copy.
+    unique: dict[Any, dict[str, Any]] = {}
+    for row in consent_events:
+        unique.setdefault(row["event_id"], row)
+    consent_events = list(unique.values())
+
+    serving = serving_store.read_user_rows(config, user_id)
+    insights = serving.get("user_insights", [])
+    for row in insights:
+        if isinstance(row.get("primary_interests"), str):
+            row["primary_interests"] = json.loads(row["primary_interests"])
+    document: dict[str, Any] = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "generated_at": utc_now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "user_id": user_id,
+        "sections": EXPORT_SECTIONS,
+        "account": _jsonable(signups[0]) if signups else None,
+        "profile": ({**profile_rows[0]} if profile_rows else None),
+        "segment": ({k: segment_rows[0].get(k) for k in ("segment_id", "segment_name", "date")}
+                    if segment_rows else None),
+        "events": events,
+        "consent": {
+            "at_signup": ({key: signups[0].get(key) for key in ("signup_date", *consent_fields)}
+                          if signups else None),
+            "changes": _jsonable(consent_events),
+            "current": ({key: current[0].get(key) for key in (*consent_fields, "consent_updated_at")
+                         if key in current[0]} if current else None),
+        },
+        "insights": _jsonable(insights[0]) if insights else None,
+        "recommendations": _jsonable(serving.get("recommendations", [])),
+        "recommended_categories": _jsonable(serving.get("recommended_categories", [])),
+        "search_personalization": _jsonable(serving.get("search_personalization", [])),
+        "suggested_queries": _jsonable(serving.get("suggested_queries", [])),
+        "privacy_requests": _jsonable(serving_store.audit_rows(config, user_id)),
+    }
+    uri = lake_store.export_uri(config, user_id)
+    storage.write_text(uri, json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    counts = {
+        section: (len(document[section]) if isinstance(document[section], list) else int(document[section] is not None))
+        for section in EXPORT_SECTIONS if section != "consent"
+    }
+    counts["consent_changes"] = len(consent_events)
+    relative = files.relative(lake.root, uri)
+    audit(config, actor, "export", user_id, {"path": relative, "counts": counts})
+    return {"user_id": user_id, "path": uri, "counts": counts, "document": document}
