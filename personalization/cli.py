@@ -156,6 +156,46 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_delete_user(args: argparse.Namespace) -> int:
+    from personalization.data_rights import delete_users, verify_deleted
+
+    config = _config(args)
+    result = delete_users(config, args.user_ids, args.requested_by)
+    check = verify_deleted(config, args.user_ids)
+    _print_json({"deleted": result.get("counts"), "verification": {k: check[k] for k in ("clean", "hits")}})
+    return 0 if check["clean"] else 1
+
+
+def cmd_verify_deleted(args: argparse.Namespace) -> int:
+    from personalization.data_rights import verify_deleted
+
+    check = verify_deleted(_config(args), args.user_ids)
+    _print_json(check)
+    return 0 if check["clean"] else 1
+
+
+def cmd_export_user(args: argparse.Namespace) -> int:
+    from personalization.data_rights import export_user
+
+    result = export_user(_config(args), args.user_id, args.requested_by)
+    print(result["path"])
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from personalization.data_rights import apply_retention
+
+    today = args.today or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    _print_json(apply_retention(_config(args), today, requested_by=args.requested_by))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = _config(args)
     print(json.dumps(config.to_dict(), indent=2))
@@ -210,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("versions", cmd_versions, "List the serving versions kept for rollback.")
     rollback = add("rollback", cmd_rollback, "Switch the serving tables back to a kept version.")
     rollback.add_argument("--version", type=int, help="version to make live (default: the previous one)")
+
+    delete = add("delete-user", cmd_delete_user,
+                 "Delete users from every store (lake, serving DB, Redis, models), then verify zero traces.")
+    delete.add_argument("user_ids", nargs="+", metavar="USER_ID", help="the app's user ids")
+    delete.add_argument("--requested-by", required=True, help="who asked (recorded in the audit log)")
+    verify = add("verify-deleted", cmd_verify_deleted, "Search every store for users' identifiers.")
+    verify.add_argument("user_ids", nargs="+", metavar="USER_ID", help="the app's user ids")
+    export = add("export-user", cmd_export_user, "Export everything held about a user as JSON (right of access).")
+    export.add_argument("user_id", help="the app's user id")
+    export.add_argument("--requested-by", required=True, help="who asked (recorded in the audit log)")
+    retention = add("retention", cmd_retention, "Delete data and model versions older than the retention limits.")
+    retention.add_argument("--today", help="reference date YYYY-MM-DD (default: today, UTC)")
+    retention.add_argument("--requested-by", default="retention", help="recorded in the audit log")
 
     add("config", cmd_config, "Print the effective configuration (defaults, file, environment).")
     add("airflow-env", cmd_airflow_env, "Print the exports that point Airflow at this project.")

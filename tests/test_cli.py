@@ -6,7 +6,8 @@ import pytest
 
 from personalization.cli import build_parser, main
 
-SUBCOMMANDS = ("generate", "run", "stage", "summary", "show-user", "versions", "rollback", "config", "airflow-env")
+SUBCOMMANDS = ("generate", "run", "stage", "summary", "show-user", "versions", "rollback", "config", "airflow-env",
+               "delete-user", "verify-deleted", "export-user", "retention")
 
 
 def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,3 +44,10 @@ def test_show_user_rejects_hostile_ids(tmp_path, monkeypatch, capsys) -> None:
 def test_parser_rejects_unknown_stage() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["stage", "drop_everything"])
+
+
+def test_delete_user_rejects_hostile_ids_before_touching_anything(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("PE_ROOT", str(tmp_path))
+    assert main(["delete-user", "1; DROP TABLE recommendations", "--requested-by", "dpo"]) == 2
+    assert "contains characters" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
