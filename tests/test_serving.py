@@ -514,7 +514,7 @@ def test_validate_serving(serving_url: str, tmp_path: Path, engines: Any) -> Non
     with pytest.raises(ServingValidationError) as raised:
         validate_serving(config, DATE, EXPECTED)
     assert [r.split(":")[0] for r in raised.value.reasons] == [
-        "active_user_without_top_n_for_you", "publish_log_row_counts_mismatch"]
+        "active_user_without_top_n_for_you", "row_counts_mismatch"]
 
 
 # ------------------------------------------------------------ concurrency
