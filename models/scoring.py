@@ -1,0 +1,1310 @@
+"""Nightly batch scoring: every active user against the catalogue, in bounded memory.
+
+``score_users(config, date)`` reads the gold tables of ``date``, computes the
+insights (:mod:`models.insights`), loads the champion by alias and streams the
+active users through it in blocks of ``config.scoring.block_size``: one score
+matrix ``[block, n_apps]`` per block, business rules as a boolean mask
+(:mod:`models.rules`), a candidate pool of ``config.scoring.candidate_pool`` by
+``torch.topk``, diversity re-ranking, explanations and the other surfaces
+(:mod:`models.surfaces`). Each block's rows are appended to Parquet writers as
+row groups, so peak memory depends on the block size and the catalogue, not on
+the number of users (per-user metadata aside: ids, flags and a few floats each).
+
+Who is scored:
+- users in ``gold/profiles`` minus deleted users (the ``deleted_users`` argument
+  plus any ``silver/deleted_users`` table with a ``user_id`` column: the hook for
+  privacy deletions);
+- *active* users get recommendations: any event at all (a notification received
+  counts: it may bring the user back to the store) in the last
+  ``profiles.window_days`` days up to ``D``, or a signup in that window (new users
+  must see something on day one);
+- every non-deleted user gets a ``user_insights`` row (inactive users are the ones
+  the re-engagement action is for).
+
+Consent: users without behavioural consent get non-personalised lists (regional
+popularity "Popular in <region>" with location consent, otherwise store-wide
+"Popular on the store"), no because_you_liked, categories, search boosts or
+query suggestions. Users with consent but no history (cold start) get their
+segment's popular apps ("Popular with people like you"), then regional, then
+store-wide popularity. New apps with no interactions reach users through a
+content score blended into the champion's scores (:func:`blend_cold_apps`).
+
+Outputs (``gold/<table>/date=D``, overwritten): ``recommendations``,
+``user_insights``, ``similar_apps``, ``recommended_categories``,
+``search_personalization``, ``suggested_queries``; plus the expectation sets the
+serving checks use (``gold/scoring_expectations/date=D/{active_users,exclusions}``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import resource
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from jobs import columns as C
+from models import insights as ins
+from models import rules
+from models import surfaces as surf
+from models.base import Recommender
+from personalization.config import Config
+from personalization.lake import Lake, check_date
+
+log = logging.getLogger("personalization.scoring")
+
+# --------------------------------------------------------------- column references (one place)
+#: Logical name -> accepted physical names in gold/profiles (first present wins).
+PROFILE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "user_id": (C.USER_ID,),
+    # behavior_allowed: behavioural consent as of D (after consent changes); preferred when present.
+    "consent_behavioral": ("behavior_allowed", C.CONSENT_BEHAVIORAL, "consent_behavioural"),
+    "consent_location": ("location_allowed", C.CONSENT_LOCATION),
+    "country": (C.COUNTRY,),
+    "region": (C.REGION,),
+    "age_group": (C.AGE_GROUP,),
+    "signup_date": (C.SIGNUP_DATE,),
+    "installed_apps": ("installed_apps", "installed_app_ids", "installed"),
+    "purchased_apps": ("purchased_apps", "purchased_app_ids"),
+    "purchase_count": ("purchase_count", "purchases_count", "n_purchases", "purchases"),
+    "free_only": ("free_only",),  # never paid: neither a purchase nor a paid install
+}
+PROFILE_REQUIRED = ("user_id", "consent_behavioral", "consent_location", "country", "age_group")
+#: silver/users: the store account's country and age group. Used only for the legal rules
+#: (availability by country, age ratings), never for personalisation: profiles null these
+#: fields without location/demographics consent.
+ACCOUNT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "user_id": (C.USER_ID,), "store_country": (C.COUNTRY,), "store_age_group": (C.AGE_GROUP,),
+}
+APP_FEATURE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "app_id": (C.APP_ID,), "category": (C.CATEGORY,), "developer_id": (C.DEVELOPER_ID,),
+    "price": (C.PRICE,), "age_rating": (C.AGE_RATING,), "regions": (C.REGIONS,), "text_vec": ("text_vec",),
+    "pop_7d": ("pop_7d",), "pop_30d": ("pop_30d",), "freshness_days": ("freshness_days",),
+}
+APP_FEATURE_REQUIRED = ("app_id", "category")
+SILVER_APP_COLUMNS: dict[str, tuple[str, ...]] = {
+    "app_id": (C.APP_ID,), "name": (C.APP_NAME,), "release_date": (C.RELEASE_DATE,),
+}
+SEGMENT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "user_id": (C.USER_ID,), "segment_id": ("segment_id",), "segment_name": ("segment_name",),
+}
+POPULARITY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "region": (C.REGION,), "app_id": (C.APP_ID,), "score": ("score",), "n_users": ("n_users",),
+}
+#: gold/popularity's store-wide pseudo-region (every user counts in it); never a user's area.
+GLOBAL_REGION = "global"
+INTERACTION_COLUMNS: dict[str, tuple[str, ...]] = {
+    "user_id": (C.USER_ID,), "app_id": (C.APP_ID,), "weight": ("weight",), "label": ("label",),
+}
+
+#: Tables written by scoring (the serving tables of personalization.pipeline.SERVING_TABLES).
+OUTPUT_TABLES = ("recommendations", "user_insights", "similar_apps", "recommended_categories",
+                 "search_personalization", "suggested_queries")
+#: Cold-start apps: weight of the content score in the blend and its reach in standard deviations.
+COLD_APP_CONTENT_WEIGHT = 0.5
+COLD_APP_CONTENT_SPREAD = 3.0
+#: Co-occurrence is accumulated densely up to this many apps (n^2 float32), sparsely beyond.
+DENSE_COOCCURRENCE_MAX_APPS = 16_384
+#: Users per MMR sub-batch (similarity tensor [sub, pool, pool]).
+MMR_SUB_BATCH = 256
+VARIANT_MODEL = "champion"
+VARIANT_COLD_START = "cold_start"
+VARIANT_NON_PERSONALIZED = "non_personalized"
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "recommendations": pa.schema([
+        ("user_id", pa.string()), ("surface", pa.string()), ("rank", pa.int32()), ("app_id", pa.string()),
+        ("score", pa.float64()), ("reason", pa.string()), ("reason_app_id", pa.string()),
+        ("model_version", pa.string()), ("variant", pa.string()), ("generated_for", pa.date32()),
+    ]),
+    "user_insights": pa.schema([
+        ("user_id", pa.string()), ("segment", pa.string()), ("engagement_score", pa.float64()),
+        ("churn_risk", pa.float64()), ("lifetime_value", pa.float64()), ("primary_interests", pa.string()),
+        ("next_best_action", pa.string()), ("best_notification_hour", pa.int32()),
+        ("notification_channel", pa.string()), ("notification_cap_per_week", pa.int32()),
+        ("model_version", pa.string()), ("generated_for", pa.date32()),
+    ]),
+    "similar_apps": pa.schema([
+        ("app_id", pa.string()), ("rank", pa.int32()), ("similar_app_id", pa.string()), ("score", pa.float64()),
+    ]),
+    "recommended_categories": pa.schema([
+        ("user_id", pa.string()), ("rank", pa.int32()), ("category", pa.string()), ("score", pa.float64()),
+    ]),
+    "search_personalization": pa.schema([
+        ("user_id", pa.string()), ("category", pa.string()), ("boost", pa.float64()),
+    ]),
+    "suggested_queries": pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("query", pa.string())]),
+    "active_users": pa.schema([("user_id", pa.string())]),
+    "exclusions": pa.schema([("user_id", pa.string()), ("app_id", pa.string())]),
+}
+
+
+# --------------------------------------------------------------- writing
+class PartitionWriter:
+    """Writes one date partition of a table as Parquet row groups, then swaps it into place.
+
+    Local paths: written to a hidden staging directory and renamed over ``date=D``
+    on :meth:`close` (a crash leaves the old partition intact). URIs (``s3://``):
+    the partition is deleted and written in place (object stores have no rename).
+    """
+
+    def __init__(self, partition_path: str, schema: pa.Schema):
+        self.final = partition_path
+        self.schema = schema
+        self.rows = 0
+        self.local = "://" not in partition_path
+        if self.local:
+            parent = Path(partition_path).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            self.staging = str(parent / f".staging-{Path(partition_path).name}-{uuid.uuid4().hex[:8]}")
+            Path(self.staging).mkdir()
+            self._filesystem = None
+            file_path = f"{self.staging}/part-00000.parquet"
+        else:
+            filesystem, inner = ins._fs(partition_path)
+            if filesystem.get_file_info(inner).type != ins.pafs.FileType.NotFound:
+                filesystem.delete_dir(inner)
+            filesystem.create_dir(inner)
+            self._filesystem = filesystem
+            file_path = f"{inner}/part-00000.parquet"
+        self._writer = pq.ParquetWriter(file_path, schema, filesystem=self._filesystem, compression="zstd")
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Append ``frame`` (columns of the schema) as one row group; empty frames are skipped."""
+        if len(frame) == 0:
+            return
+        table = pa.Table.from_pandas(frame.loc[:, self.schema.names], schema=self.schema, preserve_index=False)
+        self._writer.write_table(table)
+        self.rows += len(frame)
+
+    def close(self) -> str:
+        self._writer.close()
+        if self.local:
+            final = Path(self.final)
+            if final.exists():
+                shutil.rmtree(final)
+            Path(self.staging).rename(final)
+        return self.final
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            if self.local:
+                shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def write_partition(partition_path: str, schema: pa.Schema, frame: pd.DataFrame) -> int:
+    """Write one small frame as a whole partition (overwrite). Returns the row count."""
+    writer = PartitionWriter(partition_path, schema)
+    try:
+        writer.write(frame)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return writer.rows
+
+
+# --------------------------------------------------------------- loading
+def _resolved_frame(path: str, wanted: dict[str, tuple[str, ...]], required: Sequence[str], what: str
+                    ) -> pd.DataFrame:
+    """Read the columns of ``wanted`` present at ``path``, renamed to their logical names."""
+    if not ins.path_exists(path):
+        raise FileNotFoundError(f"{what} not found at {path}: run the stage that writes it first")
+    filesystem, inner = ins._fs(path)
+    names = ds.dataset(inner, format="parquet", filesystem=filesystem, partitioning=None).schema.names
+    resolved = ins.pick_columns(names, wanted, required, what)
+    table = ins.read_table(path, list(resolved.values()), what)
+    return table.to_pandas().rename(columns={v: k for k, v in resolved.items()})
+
+
+def _read_jsonl(path: str) -> pd.DataFrame:
+    if not ins.path_exists(path):
+        return pd.DataFrame()
+    filesystem, inner = ins._fs(path)
+    with filesystem.open_input_stream(inner) as stream:
+        text = stream.read().decode("utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return pd.DataFrame(rows)
+
+
+def _epoch_days(values: pd.Series) -> np.ndarray:
+    """Days since 1970-01-01 of date-like values (-1 where missing)."""
+    parsed = pd.to_datetime(values, errors="coerce", utc=True)
+    days = (parsed - pd.Timestamp("1970-01-01", tz="UTC")).dt.days
+    return days.fillna(-1).to_numpy(dtype=np.int64)
+
+
+def load_catalog(config: Config, date: str) -> tuple[surf.Catalog, np.ndarray]:
+    """The catalogue of ``date`` (gold/app_features + silver/apps names and release dates + denylist).
+
+    Returns ``(catalog, featured)`` where ``featured`` holds catalogue positions in editorial order.
+    """
+    lake = Lake(config)
+    apps = _resolved_frame(lake.partition(lake.gold("app_features"), date), APP_FEATURE_COLUMNS,
+                           APP_FEATURE_REQUIRED, "gold/app_features")
+    apps = apps.drop_duplicates("app_id", keep="last").sort_values("app_id").reset_index(drop=True)
+    apps["app_id"] = apps["app_id"].astype(str)
+    silver_path = lake.partition(lake.silver("apps"), date)
+    if ins.path_exists(silver_path):
+        names = _resolved_frame(silver_path, SILVER_APP_COLUMNS, ("app_id",), "silver/apps")
+        names["app_id"] = names["app_id"].astype(str)
+        apps = apps.merge(names.drop_duplicates("app_id", keep="last"), on="app_id", how="left")
+    run_day = dt.date.fromisoformat(date)
+    today = (run_day - dt.date(1970, 1, 1)).days
+    if "release_date" in apps:
+        release_day = _epoch_days(apps["release_date"])
+    elif "freshness_days" in apps:
+        freshness = pd.to_numeric(apps["freshness_days"], errors="coerce")
+        release_day = np.where(freshness.notna(), today - freshness.fillna(0).astype(np.int64), -1)
+    else:
+        release_day = np.full(len(apps), -1, dtype=np.int64)
+    name = apps["name"].fillna(apps["app_id"]) if "name" in apps else apps["app_id"]
+    category = apps["category"].fillna("unknown").astype(str)
+    categories = sorted(category.unique().tolist())
+    developer = apps["developer_id"].fillna(apps["app_id"]).astype(str) if "developer_id" in apps else apps["app_id"]
+    text_unit = None
+    if "text_vec" in apps and apps["text_vec"].notna().any():
+        width = max(len(v) for v in apps["text_vec"] if v is not None)
+        text = np.zeros((len(apps), width), dtype=np.float32)
+        for row, vector in enumerate(apps["text_vec"]):
+            if vector is not None and len(vector) == width:
+                text[row] = np.asarray(vector, dtype=np.float32)
+        text_unit = rules.unit_rows(text)
+    denylist = _read_jsonl(f"{lake.editorial()}/denylist.jsonl")
+    denied = set(denylist[C.APP_ID].astype(str)) if C.APP_ID in denylist else set()
+
+    def numeric(column: str, default: float) -> np.ndarray:
+        if column not in apps:
+            return np.full(len(apps), default)
+        return pd.to_numeric(apps[column], errors="coerce").fillna(default).to_numpy(dtype=np.float64)
+
+    catalog = surf.Catalog(
+        app_ids=apps["app_id"].to_numpy(dtype=object),
+        names=name.astype(str).to_numpy(dtype=object),
+        categories=categories,
+        category=pd.Index(categories).get_indexer(category).astype(np.int64),
+        developer=pd.factorize(developer, sort=True)[0].astype(np.int64),
+        price=numeric("price", 0.0),
+        age_rating=(pd.to_numeric(apps["age_rating"], errors="coerce").to_numpy(dtype=np.float64)
+                    if "age_rating" in apps else np.full(len(apps), np.nan)),
+        regions=[None if r is None else list(r) for r in apps["regions"]] if "regions" in apps
+        else [None] * len(apps),
+        release_day=np.asarray(release_day, dtype=np.int64),
+        text_unit=text_unit,
+        allowed=rules.denylist_mask(apps["app_id"].tolist(), denied),
+        pop_7d=numeric("pop_7d", 0.0),
+        pop_30d=numeric("pop_30d", 0.0),
+    )
+    featured_frame = _read_jsonl(f"{lake.editorial()}/featured.jsonl")
+    featured = np.zeros(0, dtype=np.int64)
+    if C.APP_ID in featured_frame:
+        if C.POSITION in featured_frame:
+            featured_frame = featured_frame.sort_values(C.POSITION, kind="stable")
+        featured = catalog.positions(featured_frame[C.APP_ID].astype(str))
+        featured = featured[featured >= 0]
+    return catalog, featured
+
+
+def load_deleted_users(config: Config, extra: Sequence[str] | None = None) -> set[str]:
+    """Deleted users: ``extra`` plus the ``user_id`` column of ``silver/deleted_users`` when it exists.
+
+    ``silver/deleted_users`` is the hook for the privacy-deletion job (any Parquet layout).
+    """
+    deleted = {str(u) for u in (extra or [])}
+    path = Lake(config).silver("deleted_users")
+    if ins.path_exists(path):
+        filesystem, inner = ins._fs(path)
+        dataset = ds.dataset(inner, format="parquet", filesystem=filesystem, partitioning="hive")
+        if C.USER_ID in dataset.schema.names:
+            deleted |= {str(u) for u in dataset.to_table(columns=[C.USER_ID]).column(0).to_pylist()}
+    return deleted
+
+
+def load_users(config: Config, date: str, deleted: set[str]) -> tuple[pd.DataFrame, int]:
+    """Non-deleted users of gold/profiles with their segment, sorted by user id.
+
+    Returns ``(users, n_deleted_found)``. Missing optional columns become None/NaN.
+    """
+    lake = Lake(config)
+    users = _resolved_frame(lake.partition(lake.gold("profiles"), date), PROFILE_COLUMNS, PROFILE_REQUIRED,
+                            "gold/profiles")
+    users["user_id"] = users["user_id"].astype(str)
+    users = users.drop_duplicates("user_id", keep="last")
+    found = users["user_id"].isin(deleted)
+    users = users[~found].sort_values("user_id").reset_index(drop=True)
+    account_path = lake.partition(lake.silver("users"), date)
+    if ins.path_exists(account_path):
+        accounts = _resolved_frame(account_path, ACCOUNT_COLUMNS, ("user_id",), "silver/users")
+        accounts["user_id"] = accounts["user_id"].astype(str)
+        users = users.merge(accounts.drop_duplicates("user_id", keep="last"), on="user_id", how="left")
+    for account, profile in (("store_country", "country"), ("store_age_group", "age_group")):
+        if account not in users:
+            users[account] = None
+        users[account] = users[account].where(users[account].notna(), users[profile])
+    for optional in ("region", "signup_date", "installed_apps", "purchased_apps", "purchase_count", "free_only"):
+        if optional not in users:
+            users[optional] = None
+    users["consent_behavioral"] = users["consent_behavioral"].fillna(False).astype(bool)
+    users["consent_location"] = users["consent_location"].fillna(False).astype(bool)
+    users["signup_date"] = [None if d < 0 else dt.date(1970, 1, 1) + dt.timedelta(days=int(d))
+                            for d in _epoch_days(users["signup_date"])]
+    segment_path = lake.partition(lake.gold("segments"), date)
+    if ins.path_exists(segment_path):
+        segments = _resolved_frame(segment_path, SEGMENT_COLUMNS, ("user_id",), "gold/segments")
+        segments["user_id"] = segments["user_id"].astype(str)
+        label = segments["segment_name"] if "segment_name" in segments else segments.get("segment_id")
+        segments = segments.assign(segment=label.astype(str)).drop_duplicates("user_id", keep="last")
+        users = users.merge(segments[["user_id", "segment"]], on="user_id", how="left")
+    else:
+        users["segment"] = None
+    return users, int(found.sum())
+
+
+def load_popularity(config: Config, date: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """gold/popularity of ``date`` and of the latest partition at least 7 days older (None if none)."""
+    lake = Lake(config)
+    table = lake.gold("popularity")
+    empty = pd.DataFrame({"region": pd.Series(dtype=str), "app_id": pd.Series(dtype=str),
+                          "score": pd.Series(dtype=float), "n_users": pd.Series(dtype=float)})
+    path = lake.partition(table, date)
+    if not ins.path_exists(path):
+        log.warning("no gold/popularity for %s: popularity fallbacks use app_features only", date)
+        return empty, None
+    now = _resolved_frame(path, POPULARITY_COLUMNS, tuple(POPULARITY_COLUMNS), "gold/popularity")
+    week_ago = (dt.date.fromisoformat(date) - dt.timedelta(days=7)).isoformat()
+    older = [d for d in ins.list_partitions(table, "date") if d <= week_ago]
+    previous = None
+    if older:
+        previous = _resolved_frame(lake.partition(table, older[-1]), POPULARITY_COLUMNS,
+                                   tuple(POPULARITY_COLUMNS), "gold/popularity")
+    for frame in (now, previous):
+        if frame is not None:
+            frame["region"] = frame["region"].astype(str)
+            frame["app_id"] = frame["app_id"].astype(str)
+    return now, previous
+
+
+def popularity_geography(users: pd.DataFrame, popularity: pd.DataFrame) -> str:
+    """Which user column (``region`` or ``country``) gold/popularity's ``region`` is keyed by.
+
+    Chosen by the larger overlap of values, so either upstream choice works.
+    """
+    keys = set(popularity["region"].unique()) - {GLOBAL_REGION}
+    overlap = {column: len(keys & set(users[column].dropna().astype(str))) for column in ("region", "country")}
+    return "region" if overlap["region"] >= overlap["country"] and overlap["region"] > 0 else "country"
+
+
+# --------------------------------------------------------------- the interaction pass
+@dataclass
+class HistoryStore:
+    """Positive interactions bucketed by user block on local disk, plus co-installation statistics."""
+
+    directory: str
+    block_size: int
+    order: np.ndarray  # user ids in bucket order (scored users first)
+    cooccurrence: np.ndarray | sp.csr_matrix
+    installs: np.ndarray  # distinct users with a positive interaction, per app
+    segment_counts: np.ndarray  # [n_segments, n_apps] distinct users per segment and app
+    segment_users: np.ndarray  # users with any history per segment
+
+    def block(self, index: int, n_apps: int) -> sp.csr_matrix:
+        """``[rows of block index, n_apps]`` summed positive weights, float32 CSR."""
+        start = index * self.block_size
+        rows = min(self.block_size, len(self.order) - start)
+        path = Path(self.directory) / f"block={index}"
+        if rows <= 0 or not path.exists():
+            return sp.csr_matrix((max(rows, 0), n_apps), dtype=np.float32)
+        table = pq.read_table(path, columns=["user_pos", "app_pos", "weight"])
+        user = table.column("user_pos").to_numpy() - start
+        app = table.column("app_pos").to_numpy()
+        weight = table.column("weight").to_numpy()
+        matrix = sp.csr_matrix((weight.astype(np.float32), (user, app)), shape=(rows, n_apps), dtype=np.float32)
+        matrix.sum_duplicates()
+        return matrix
+
+    def n_blocks(self) -> int:
+        return (len(self.order) + self.block_size - 1) // self.block_size
+
+
+def build_history_store(
+    config: Config,
+    date: str,
+    catalog: surf.Catalog,
+    order: np.ndarray,
+    segment_code: np.ndarray,
+    n_segments: int,
+    directory: str,
+    batch_rows: int = 262_144,
+) -> HistoryStore:
+    """One streaming pass over gold/interactions: bucket positives by user block, then count co-installs.
+
+    ``order`` fixes bucket positions (users not in it, e.g. deleted ones, are dropped);
+    ``segment_code`` is aligned with ``order`` (-1 = no segment).
+    """
+    lake = Lake(config)
+    path = lake.partition(lake.gold("interactions"), date)
+    if not ins.path_exists(path):
+        raise FileNotFoundError(f"gold/interactions not found at {path}: run build_features first")
+    block_size = int(config.scoring.block_size)
+    filesystem, inner = ins._fs(path)
+    dataset = ds.dataset(inner, format="parquet", filesystem=filesystem, partitioning=None)
+    resolved = ins.pick_columns(dataset.schema.names, INTERACTION_COLUMNS, ("user_id", "app_id"),
+                                "gold/interactions")
+    user_set = pa.array(order.tolist(), type=pa.string())
+    app_set = pa.array(catalog.app_ids.tolist(), type=pa.string())
+    schema = pa.schema([("block", pa.int32()), ("user_pos", pa.int64()), ("app_pos", pa.int64()),
+                        ("weight", pa.float32())])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in dataset.to_batches(columns=list(resolved.values()), batch_size=batch_rows):
+            weight = (pc.cast(batch.column(resolved["weight"]), pa.float64()) if "weight" in resolved
+                      else pa.array(np.ones(batch.num_rows)))
+            keep = pc.greater(pc.fill_null(weight, 0.0), 0.0)
+            if "label" in resolved:
+                keep = pc.and_(keep, pc.equal(pc.fill_null(pc.cast(batch.column(resolved["label"]), pa.int64()),
+                                                           0), 1))
+            user = pc.index_in(pc.cast(batch.column(resolved["user_id"]), pa.string()), value_set=user_set)
+            app = pc.index_in(pc.cast(batch.column(resolved["app_id"]), pa.string()), value_set=app_set)
+            keep = pc.and_(pc.and_(keep, pc.is_valid(user)), pc.is_valid(app))
+            user = pc.filter(user, keep).to_numpy(zero_copy_only=False).astype(np.int64)
+            if len(user) == 0:
+                continue
+            yield pa.record_batch([
+                pa.array((user // block_size).astype(np.int32)), pa.array(user),
+                pa.array(pc.filter(app, keep).to_numpy(zero_copy_only=False).astype(np.int64)),
+                pa.array(pc.filter(weight, keep).to_numpy(zero_copy_only=False).astype(np.float32)),
+            ], schema=schema)
+
+    n_blocks = max(1, (len(order) + block_size - 1) // block_size)
+    ds.write_dataset(
+        batches(), directory, schema=schema, format="parquet",
+        partitioning=ds.partitioning(pa.schema([("block", pa.int32())]), flavor="hive"),
+        existing_data_behavior="delete_matching", max_partitions=n_blocks + 1,
+    )
+    n = catalog.n
+    dense = n <= DENSE_COOCCURRENCE_MAX_APPS
+    cooc: np.ndarray | sp.csr_matrix = np.zeros((n, n), dtype=np.float32) if dense else sp.csr_matrix(
+        (n, n), dtype=np.float32)
+    segment_counts = np.zeros((max(n_segments, 1), n), dtype=np.float64)
+    segment_users = np.zeros(max(n_segments, 1), dtype=np.int64)
+    store = HistoryStore(directory, block_size, order, cooc, np.zeros(n), segment_counts, segment_users)
+    for index in range(store.n_blocks()):
+        history = store.block(index, n)
+        if history.nnz == 0:
+            continue
+        binary = history.copy()
+        binary.data[:] = 1.0
+        pairs = (binary.T @ binary).tocoo()
+        if dense:
+            cooc[pairs.row, pairs.col] += pairs.data
+        else:
+            store.cooccurrence = store.cooccurrence + pairs.tocsr()
+        start = index * block_size
+        codes = segment_code[start:start + history.shape[0]]
+        has = np.diff(binary.indptr) > 0
+        ok = (codes >= 0) & has
+        if ok.any():
+            onehot = sp.csr_matrix((np.ones(ok.sum()), (codes[ok], np.flatnonzero(ok))),
+                                   shape=(segment_counts.shape[0], history.shape[0]))
+            segment_counts += (onehot @ binary).toarray()
+            segment_users += np.bincount(codes[ok], minlength=segment_counts.shape[0])
+    store.installs = np.asarray(store.cooccurrence.diagonal(), dtype=np.float64)
+    return store
+
+
+# --------------------------------------------------------------- scoring one block
+@dataclass
+class ScoringContext:
+    """Everything a block needs besides its users and their history (broadcast to Spark executors)."""
+
+    date: dt.date
+    model_version: str
+    top_n: int
+    candidate_pool: int
+    max_per_developer: int
+    paid_only_for_buyers: bool
+    diversity: str
+    mmr_lambda: float
+    category_cap: int
+    catalog: surf.Catalog
+    model: Recommender | None
+    cat_to_model: np.ndarray  # catalogue position -> model column (-1 absent)
+    model_to_cat: np.ndarray  # model column -> catalogue position (-1 absent)
+    cold_apps: np.ndarray  # bool [n]: no interactions or unknown to the model
+    availability: np.ndarray  # [n_countries + 1, n]
+    country_row: dict[str, int]
+    global_share: np.ndarray  # [n] in [0, 1]
+    region_share: np.ndarray  # [n_regions + 1, n]; last row zeros
+    region_row: dict[str, int]
+    geography: str  # "region" or "country": the user column popularity is keyed by
+    segment_share: np.ndarray  # [n_segments + 1, n]; last row zeros (suppressed or none)
+    segment_row: dict[str, int]
+    trending: dict[str, tuple[np.ndarray, np.ndarray]]
+    neighbours: np.ndarray
+    neighbour_scores: np.ndarray
+    new_apps: np.ndarray  # positions of apps released in the last NEW_APP_DAYS days
+    featured: np.ndarray  # positions in editorial order
+    category_weights: np.ndarray | None = None  # [n_all_users, n_categories] (insights order)
+    #: Search history as (user_pos sorted, queries in suggestion order), see surfaces.order_queries.
+    query_index: tuple[np.ndarray, np.ndarray] | None = None
+    segment_queries: dict[object, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class BlockResult:
+    """A block's output frames and diversity/coverage statistics."""
+
+    frames: dict[str, pd.DataFrame]
+    ild_before_sum: float = 0.0
+    ild_after_sum: float = 0.0
+    ild_count: int = 0
+
+
+def blend_cold_apps(scores: np.ndarray, cold: np.ndarray, content_cosine: np.ndarray) -> np.ndarray:
+    """Blend a content score into the model's scores of cold apps (no interactions), in place.
+
+    Per user, with ``mu``/``sd`` the mean/std of the model's scores on warm apps and
+    ``z = (s - mu) / sd`` (0 where the model has no score):
+    ``s_cold = mu + sd * ((1 - w) * z + w * SPREAD * cos)``, ``w = 0.5``, ``SPREAD = 3``,
+    so a cold app whose text matches the user's history perfectly (cos = 1) lands
+    1.5 standard deviations above the user's average warm app.
+    """
+    if not cold.any():
+        return scores
+    warm = scores[:, ~cold]
+    if warm.shape[1]:
+        # float32 statistics over [b, n]: a float64 copy would double the block's memory.
+        mean_of = np.nanmean if np.isnan(warm).any() else np.mean
+        std_of = np.nanstd if mean_of is np.nanmean else np.std
+        mu = mean_of(warm, axis=1, keepdims=True, dtype=np.float64)
+        sd = std_of(warm, axis=1, keepdims=True, dtype=np.float64)
+    else:
+        mu, sd = np.zeros((len(scores), 1)), np.ones((len(scores), 1))
+    mu = np.nan_to_num(mu)
+    sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+    z = np.nan_to_num((scores[:, cold] - mu) / sd)
+    blended = mu + sd * ((1 - COLD_APP_CONTENT_WEIGHT) * z
+                         + COLD_APP_CONTENT_WEIGHT * COLD_APP_CONTENT_SPREAD * content_cosine)
+    scores[:, cold] = blended.astype(scores.dtype)
+    return scores
+
+
+def model_scores(ctx: ScoringContext, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
+    """Champion scores ``float32 [b, n_catalog]`` with cold apps blended (see :func:`blend_cold_apps`)."""
+    n = ctx.catalog.n
+    b = history.shape[0]
+    full = np.full((b, n), np.nan, dtype=np.float32)
+    if ctx.model is not None and b:
+        coo = history.tocoo()
+        keep = ctx.cat_to_model[coo.col] >= 0
+        model_history = sp.csr_matrix(
+            (coo.data[keep], (coo.row[keep], ctx.cat_to_model[coo.col[keep]])),
+            shape=(b, len(ctx.model_to_cat)), dtype=np.float32)
+        raw = np.asarray(ctx.model.score(list(user_ids), model_history), dtype=np.float32)
+        present = ctx.model_to_cat >= 0
+        full[:, ctx.model_to_cat[present]] = raw[:, present]
+    cold = ctx.cold_apps | np.isnan(full).all(axis=0)
+    if ctx.catalog.text_unit is not None and cold.any():
+        profile = rules.unit_rows(history @ ctx.catalog.text_unit)
+        cosine = profile @ ctx.catalog.text_unit[cold].T
+    else:
+        cosine = np.zeros((b, int(cold.sum())), dtype=np.float32)
+    return np.nan_to_num(blend_cold_apps(full, cold, cosine), nan=0.0)
+
+
+def fallback_scores(ctx: ScoringContext, users: pd.DataFrame, use_segment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-personalised scores and their reason tier per app: ``(scores [b, n], tier int8 [b, n])``.
+
+    Tiers: 3 = segment popularity (cold start with behavioural consent), 2 = regional
+    popularity (location consent), 1 = store-wide popularity. ``score = tier + 0.999 * share``
+    so a higher tier always ranks first and each tier is ordered by its own popularity share.
+    """
+    b = len(users)
+    region_rows = np.array([ctx.region_row.get(str(v), -1) if loc else -1 for v, loc in
+                            zip(users[ctx.geography], users["consent_location"], strict=True)], dtype=np.int64)
+    region_rows = np.where(region_rows < 0, ctx.region_share.shape[0] - 1, region_rows)
+    segment_rows = np.array([ctx.segment_row.get(str(v), -1) if ok else -1 for v, ok in
+                             zip(users["segment"], use_segment, strict=True)], dtype=np.int64)
+    segment_rows = np.where(segment_rows < 0, ctx.segment_share.shape[0] - 1, segment_rows)
+    segment = ctx.segment_share[segment_rows]
+    region = ctx.region_share[region_rows]
+    tier = np.where(segment > 0, 3, np.where(region > 0, 2, 1)).astype(np.int8)
+    share = np.where(tier == 3, segment, np.where(tier == 2, region, np.broadcast_to(ctx.global_share, (b, ctx.catalog.n))))
+    return (tier + 0.999 * share).astype(np.float32), tier
+
+
+def _owned_matrix(ctx: ScoringContext, users: pd.DataFrame) -> sp.csr_matrix:
+    """``[b, n]`` installed and purchased apps listed in the profiles."""
+    rows, cols = [], []
+    for column in ("installed_apps", "purchased_apps"):
+        for row, apps in enumerate(users[column]):
+            if apps is None or (isinstance(apps, float) and np.isnan(apps)):
+                continue
+            positions = ctx.catalog.positions([str(a) for a in apps])
+            positions = positions[positions >= 0]
+            rows.extend([row] * len(positions))
+            cols.extend(positions.tolist())
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(users), ctx.catalog.n))
+
+
+def capped_capacity(eligible: np.ndarray, developer: np.ndarray, cap: int) -> np.ndarray:
+    """Longest list each user can get under the developer cap: ``sum_dev min(cap, eligible apps of dev)``."""
+    n_dev = int(developer.max()) + 1 if len(developer) else 0
+    onehot = sp.csr_matrix((np.ones(len(developer), dtype=np.float32), (np.arange(len(developer)), developer)),
+                           shape=(len(developer), n_dev))
+    per_developer = (onehot.T @ eligible.astype(np.float32).T).T  # [b, n_dev] dense
+    return np.minimum(np.asarray(per_developer), cap).sum(axis=1).astype(np.int64)
+
+
+def _running_min(values: list[float]) -> list[float]:
+    """Scores made non-increasing in rank (re-ranking may lift a lower-scored app above a higher one)."""
+    out, low = [], np.inf
+    for value in values:
+        low = min(low, value)
+        out.append(float(low))
+    return out
+
+
+def select_for_you(ctx: ScoringContext, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-N per user from masked scores (``-inf`` = ineligible).
+
+    Candidate pool by ``torch.topk``; re-ranking with the developer cap and the configured
+    diversity. Returns ``(before, after, after_scores)`` as catalogue positions ``int [b, N]``
+    (-1 padding): ``before`` is relevance order with the developer cap only.
+    """
+    import torch
+
+    b, n = masked.shape
+    k = min(ctx.candidate_pool, n)
+    if b == 0 or k == 0:
+        empty = np.full((b, ctx.top_n), -1, dtype=np.int64)
+        return empty, empty.copy(), np.zeros((b, ctx.top_n))
+    values, index = torch.topk(torch.from_numpy(masked), k, dim=1, sorted=True)
+    values, index = values.numpy().astype(np.float64), index.numpy().astype(np.int64)
+    developer = ctx.catalog.developer[index]
+    category = ctx.catalog.category[index]
+    before = rules.rerank(values, ctx.top_n, developer=developer, max_per_developer=ctx.max_per_developer)
+    if ctx.diversity == "mmr":
+        after = np.full_like(before, -1)
+        for start in range(0, b, MMR_SUB_BATCH):
+            part = slice(start, start + MMR_SUB_BATCH)
+            similarity = surf.diversity_similarity(ctx.catalog, index[part])
+            after[part] = rules.rerank(values[part], ctx.top_n, developer=developer[part],
+                                       max_per_developer=ctx.max_per_developer, similarity=similarity,
+                                       mmr_lambda=ctx.mmr_lambda)
+    elif ctx.diversity == "category_cap":
+        after = rules.rerank(values, ctx.top_n, developer=developer, max_per_developer=ctx.max_per_developer,
+                             category=category, max_per_category=ctx.category_cap)
+    elif ctx.diversity == "none":
+        after = before.copy()
+    else:
+        raise ValueError(f"scoring.diversity must be mmr, category_cap or none, got {ctx.diversity!r}")
+
+    def to_catalog(picked: np.ndarray) -> np.ndarray:
+        return np.where(picked >= 0, np.take_along_axis(index, np.maximum(picked, 0), axis=1), -1)
+
+    before_pos, after_pos = to_catalog(before), to_catalog(after)
+    # Top up short lists from the whole catalogue (the pool or the category cap ran out);
+    # the developer cap is a business rule and stays, the category cap is relaxed.
+    short = np.flatnonzero((after_pos >= 0).sum(axis=1) < ctx.top_n)
+    for row in short:
+        picked = [int(p) for p in after_pos[row] if p >= 0]
+        counts: dict[int, int] = {}
+        for p in picked:
+            counts[int(ctx.catalog.developer[p])] = counts.get(int(ctx.catalog.developer[p]), 0) + 1
+        order = np.argsort(-masked[row], kind="stable")
+        for p in order.tolist():
+            if len(picked) >= ctx.top_n or not np.isfinite(masked[row, p]):
+                break
+            code = int(ctx.catalog.developer[p])
+            if p in picked or counts.get(code, 0) >= ctx.max_per_developer:
+                continue
+            picked.append(p)
+            counts[code] = counts.get(code, 0) + 1
+        after_pos[row] = -1
+        after_pos[row, :len(picked)] = picked
+    after_scores = np.where(after_pos >= 0, np.take_along_axis(masked, np.maximum(after_pos, 0), axis=1), 0.0)
+    return before_pos, after_pos, after_scores
+
+
+def score_block(ctx: ScoringContext, users: pd.DataFrame, history: sp.csr_matrix) -> BlockResult:
+    """All per-user outputs of one block of users.
+
+    ``users`` needs ``user_id``, ``user_pos`` (row in ``ctx.category_weights``),
+    ``consent_behavioral``, ``consent_location``, ``country``, ``region`` (consented geography),
+    ``store_country``, ``store_age_group`` (account values for the legal rules),
+    ``segment``, ``is_buyer``, ``installed_apps``, ``purchased_apps``; ``history`` is
+    ``[b, n_catalog]`` positive interaction weights in catalogue order.
+    """
+    catalog = ctx.catalog
+    b, n = len(users), catalog.n
+    user_ids = users["user_id"].astype(str).tolist()
+    behavioural = users["consent_behavioral"].to_numpy(dtype=bool)
+    location = users["consent_location"].to_numpy(dtype=bool)
+    has_history = np.diff(history.indptr) > 0
+    personal = behavioural & has_history
+    owned = _owned_matrix(ctx, users)
+    countries = np.array([ctx.country_row.get(str(c).upper(), -1) for c in users["store_country"]],
+                         dtype=np.int64)
+    eligible = rules.eligibility(
+        min_age=rules.user_min_age(users["store_age_group"].tolist()), app_age_rating=catalog.age_rating,
+        user_country_row=countries, availability=ctx.availability,
+        is_buyer=users["is_buyer"].to_numpy(dtype=bool), app_price=catalog.price,
+        paid_only_for_buyers=ctx.paid_only_for_buyers, allowed_apps=catalog.allowed, owned=(history, owned),
+    )
+    scores = np.zeros((b, n), dtype=np.float32)
+    tier = np.zeros((b, n), dtype=np.int8)
+    if personal.any():
+        rows = np.flatnonzero(personal)
+        scores[rows] = model_scores(ctx, [user_ids[r] for r in rows], history[rows])
+    if (~personal).any():
+        rows = np.flatnonzero(~personal)
+        scores[rows], tier[rows] = fallback_scores(ctx, users.iloc[rows], behavioural[rows])
+    masked = np.where(eligible, scores, -np.inf).astype(np.float32)
+    before, after, after_scores = select_for_you(ctx, masked)
+    result = BlockResult(frames={})
+    text = catalog.text_unit
+    for lists, attr in ((before, "ild_before_sum"), (after, "ild_after_sum")):
+        total, count = rules.intra_list_diversity_sum(lists, catalog.category, text)
+        setattr(result, attr, total)
+        result.ild_count = count
+
+    records: list[tuple] = []
+    categories_rows: list[tuple] = []
+    boost_rows: list[tuple] = []
+    query_rows: list[tuple] = []
+    geo_values = users[ctx.geography].tolist()
+    user_positions = users["user_pos"].to_numpy(dtype=np.int64)
+    segments = users["segment"].tolist()
+    for row in range(b):
+        user = user_ids[row]
+        variant = VARIANT_MODEL if personal[row] else (VARIANT_COLD_START if behavioural[row]
+                                                        else VARIANT_NON_PERSONALIZED)
+        geo_value = geo_values[row]
+        region_name = str(geo_value) if location[row] and geo_value is not None and geo_value == geo_value else None
+        picks = [int(p) for p in after[row] if p >= 0]
+        pick_scores = [float(s) for s, p in zip(after_scores[row], after[row], strict=True) if p >= 0]
+        hist_apps = history.indices[history.indptr[row]:history.indptr[row + 1]].astype(np.int64)
+        hist_weights = history.data[history.indptr[row]:history.indptr[row + 1]].astype(np.float64)
+        if personal[row]:
+            anchors = surf.explain_with_history(catalog, np.array(picks, dtype=np.int64), hist_apps, hist_weights)
+            reasons = [(surf.reason_because_you_use(catalog.names[a]), catalog.app_ids[a]) for a in anchors]
+        else:
+            reasons = []
+            for p in picks:
+                level = tier[row, p]
+                text_reason = (surf.REASON_SIMILAR_USERS if level == 3 else
+                               surf.reason_popular_in(region_name) if level == 2 else surf.reason_popular_in(None))
+                reasons.append((text_reason, None))
+        surface_rows: dict[str, list[tuple[int, float, str, str | None]]] = {
+            "for_you": [(p, s, r, a) for p, s, (r, a) in zip(picks, pick_scores, reasons, strict=True)]}
+        used = set(picks)
+        elig = eligible[row]
+        if personal[row]:
+            liked = surf.because_you_liked(hist_apps, hist_weights, ctx.neighbours, ctx.neighbour_scores, elig, used)
+            surface_rows["because_you_liked"] = [
+                (p, s, surf.reason_because_you_liked(catalog.names[a]), catalog.app_ids[a]) for p, s, a in liked]
+        if location[row] and region_name is not None and region_name in ctx.trending:
+            ranked, trend = ctx.trending[region_name]
+            kept = surf.fill_from_ranked(ranked, trend, elig, used, ctx.top_n, catalog.developer,
+                                         ctx.max_per_developer)
+            surface_rows["trending_in_your_area"] = [(p, s, surf.REASON_TRENDING, None) for p, s in kept]
+        if len(ctx.new_apps):
+            row_scores = scores[row, ctx.new_apps]
+            if not behavioural[row]:
+                row_scores = ctx.global_share[ctx.new_apps]
+            order = np.lexsort((ctx.new_apps, -row_scores))
+            kept = surf.fill_from_ranked(ctx.new_apps[order], row_scores[order], elig, used, ctx.top_n,
+                                         catalog.developer, ctx.max_per_developer)
+            surface_rows["new_for_you"] = [(p, s, surf.reason_new_in(catalog.categories[catalog.category[p]]), None)
+                                           for p, s in kept]
+        if len(ctx.featured):
+            editorial = 1.0 / np.arange(1, len(ctx.featured) + 1)
+            if behavioural[row]:
+                row_scores = scores[row, ctx.featured].astype(np.float64)
+                order = np.lexsort((np.arange(len(ctx.featured)), -row_scores))
+            else:
+                row_scores, order = editorial, np.arange(len(ctx.featured))
+            kept = surf.fill_from_ranked(ctx.featured[order], row_scores[order], elig, used, ctx.top_n)
+            surface_rows["featured"] = [(p, s, surf.REASON_FEATURED, None) for p, s in kept]
+        for surface, items in surface_rows.items():
+            monotone = _running_min([s for _, s, _, _ in items])
+            for rank, ((p, _, reason, anchor), score) in enumerate(zip(items, monotone, strict=True), start=1):
+                records.append((user, surface, rank, catalog.app_ids[p], score, reason, anchor, variant))
+        if behavioural[row] and ctx.category_weights is not None:
+            weights = ctx.category_weights[user_positions[row]]
+            top = surf.recommended_categories(weights, catalog.category[picks], catalog.categories)
+            for rank, (category, score) in enumerate(zip([c for c, _ in top], _running_min([s for _, s in top]), strict=True),
+                                                     start=1):
+                categories_rows.append((user, rank, category, score))
+            boost_rows.extend((user, category, boost) for category, boost in surf.search_boosts(
+                weights, catalog.categories))
+        if behavioural[row] and ctx.query_index is not None:
+            positions, texts = ctx.query_index
+            pos = user_positions[row]
+            lo, hi = np.searchsorted(positions, pos, "left"), np.searchsorted(positions, pos, "right")
+            suggestions = surf.suggested_queries(texts[lo:hi].tolist(), ctx.segment_queries.get(segments[row], []))
+            query_rows.extend((user, rank, query) for rank, query in enumerate(suggestions, start=1))
+
+    owned_all = (history + owned).tocoo()
+    result.frames = {
+        "recommendations": pd.DataFrame.from_records(
+            records, columns=["user_id", "surface", "rank", "app_id", "score", "reason", "reason_app_id", "variant"]
+        ).assign(model_version=ctx.model_version, generated_for=ctx.date),
+        "recommended_categories": pd.DataFrame.from_records(categories_rows,
+                                                            columns=["user_id", "rank", "category", "score"]),
+        "search_personalization": pd.DataFrame.from_records(boost_rows, columns=["user_id", "category", "boost"]),
+        "suggested_queries": pd.DataFrame.from_records(query_rows, columns=["user_id", "rank", "query"]),
+        "exclusions": pd.DataFrame({"user_id": np.asarray(user_ids, dtype=object)[owned_all.row],
+                                    "app_id": catalog.app_ids[owned_all.col]}).drop_duplicates(),
+        "active_users": pd.DataFrame({"user_id": np.asarray(user_ids, dtype=object)[
+            capped_capacity(eligible, catalog.developer, ctx.max_per_developer) >= ctx.top_n]}),
+    }
+    return result
+
+
+# --------------------------------------------------------------- context
+def build_context(
+    config: Config,
+    date: str,
+    catalog: surf.Catalog,
+    featured: np.ndarray,
+    users: pd.DataFrame,
+    store: HistoryStore,
+    segment_names: list[str],
+    popularity: pd.DataFrame,
+    previous_popularity: pd.DataFrame | None,
+    model: Recommender | None,
+    model_version: str,
+) -> tuple[ScoringContext, pd.DataFrame]:
+    """The block-independent state: rules' matrices, fallbacks, trending, similar apps.
+
+    Returns ``(context, similar_apps frame)``.
+    """
+    scoring = config.scoring
+    min_group = int(config.features.min_group_size)
+    run_day = dt.date.fromisoformat(date)
+    countries = sorted({str(c).upper() for regions in catalog.regions if regions for c in regions}
+                       | {str(c).upper() for c in users["store_country"].dropna()})
+    availability = rules.availability_matrix(catalog.regions, countries)
+    geography = popularity_geography(users, popularity) if len(popularity) else "region"
+    kept = popularity[popularity["n_users"] >= min_group]
+    kept = kept[kept["app_id"].isin(catalog.index)]
+    store_wide = kept[kept["region"] == GLOBAL_REGION]
+    kept = kept[kept["region"] != GLOBAL_REGION]
+    by_region = kept.groupby(["region", "app_id"], as_index=False)["score"].sum()
+    region_names = sorted(by_region["region"].unique().tolist())
+    region_share = np.zeros((len(region_names) + 1, catalog.n), dtype=np.float32)
+    for r, (_region, group) in enumerate(by_region.groupby("region", sort=True)):
+        values = group["score"].to_numpy(dtype=np.float64)
+        if values.max() > 0:
+            region_share[r, catalog.positions(group["app_id"])] = values / values.max()
+    overall = np.zeros(catalog.n)
+    # Store-wide rows when upstream provides them, else the sum over regions.
+    totals = (store_wide if len(store_wide) else by_region).groupby("app_id")["score"].sum()
+    overall[catalog.positions(totals.index)] = totals.to_numpy()
+    fallback = catalog.pop_30d if catalog.pop_30d.max() > 0 else catalog.pop_7d
+    overall = overall / overall.max() if overall.max() > 0 else overall
+    fallback = fallback / fallback.max() if fallback.max() > 0 else fallback
+    # Store-wide popularity; app_features' pop_30d only breaks ties (and orders apps without regional data).
+    global_share = (0.999 * overall + 0.001 * fallback).astype(np.float32)
+    # Segment popularity only for segments with enough users with history (small-group suppression).
+    segment_share = np.zeros((len(segment_names) + 1, catalog.n), dtype=np.float32)
+    for s in range(len(segment_names)):
+        counts = store.segment_counts[s] if s < len(store.segment_counts) else np.zeros(catalog.n)
+        if store.segment_users[s] >= min_group and counts.max() > 0:
+            segment_share[s] = counts / counts.max()
+    similar_frame, neighbours, neighbour_scores = surf.similar_apps(catalog, store.cooccurrence,
+                                                                    int(scoring.similar_apps_n), block=256)
+    cat_to_model = np.full(catalog.n, -1, dtype=np.int64)
+    model_to_cat = np.zeros(0, dtype=np.int64)
+    if model is not None:
+        model_to_cat = catalog.positions([str(a) for a in model.app_ids])
+        present = model_to_cat >= 0
+        cat_to_model[model_to_cat[present]] = np.flatnonzero(present)
+    context = ScoringContext(
+        date=run_day, model_version=model_version, top_n=int(scoring.top_n),
+        candidate_pool=max(int(scoring.candidate_pool), int(scoring.top_n)),
+        max_per_developer=int(scoring.max_per_developer), paid_only_for_buyers=bool(scoring.paid_only_for_buyers),
+        diversity=str(scoring.diversity), mmr_lambda=float(scoring.mmr_lambda),
+        category_cap=int(scoring.category_cap), catalog=catalog, model=model,
+        cat_to_model=cat_to_model, model_to_cat=model_to_cat,
+        cold_apps=(store.installs <= 0) | (cat_to_model < 0),
+        availability=availability, country_row={c: i for i, c in enumerate(countries)},
+        global_share=global_share, region_share=region_share,
+        region_row={r: i for i, r in enumerate(region_names)}, geography=geography,
+        segment_share=segment_share, segment_row={s: i for i, s in enumerate(segment_names)},
+        trending=surf.trending_by_region(
+            popularity[popularity["region"] != GLOBAL_REGION],
+            None if previous_popularity is None else previous_popularity[previous_popularity["region"] != GLOBAL_REGION],
+            catalog, min_group),
+        neighbours=neighbours, neighbour_scores=neighbour_scores,
+        new_apps=np.flatnonzero(surf.is_new(catalog, run_day) & catalog.allowed),
+        featured=featured,
+    )
+    return context, similar_frame
+
+
+def _load_model(config: Config, champion: tuple[Recommender, str] | None) -> tuple[Recommender, str]:
+    if champion is not None:
+        return champion
+    from models.registry import load_champion  # lazy: the registry module is optional at import time
+
+    return load_champion(config)
+
+
+# --------------------------------------------------------------- entry point
+def score_users(
+    config: Config,
+    date: str,
+    deleted_users: Sequence[str] | None = None,
+    champion: tuple[Recommender, str] | None = None,
+    log_to_mlflow: bool = True,
+) -> dict[str, Any]:
+    """Score every active user for ``date`` and write the serving tables to gold (overwrite).
+
+    Args:
+        deleted_users: user ids to leave out entirely (added to ``silver/deleted_users``).
+        champion: ``(model, version)``; default: ``models.registry.load_champion(config)``.
+        log_to_mlflow: log the insights models' evaluation (experiment ``config.mlflow.experiment``).
+
+    Returns a JSON-able record: ``tables`` (paths), ``rows``, ``model_version``, ``diversity``
+    (intra-list diversity of for_you before/after re-ranking), user counts, the insights
+    summary, ``peak_rss_mb`` and ``expected`` (inputs of the serving checks).
+    """
+    date = check_date(date)
+    started = time.perf_counter()
+    if config.scoring.engine not in ("local", "spark"):
+        raise ValueError(f"scoring.engine must be local or spark, got {config.scoring.engine!r}")
+    lake = Lake(config)
+    deleted = load_deleted_users(config, deleted_users)
+    catalog, featured = load_catalog(config, date)
+    users, n_deleted = load_users(config, date, deleted)
+    model, model_version = _load_model(config, champion)
+    model_version = str(model_version)
+
+    insight = ins.compute_insights(
+        config, date,
+        users[["user_id", "segment", "consent_behavioral", "signup_date", "purchase_count"]],
+        catalog.categories, dict(zip(catalog.app_ids.tolist(), catalog.category.tolist(), strict=True)),
+        model_version, log_to_mlflow=log_to_mlflow,
+    )
+    run_day = dt.date.fromisoformat(date)
+    window = int(config.profiles.window_days)
+    signed_up_recently = np.array([d is not None and 0 <= (run_day - d).days < window for d in users["signup_date"]])
+    active = insight.has_events | signed_up_recently
+    # A buyer: a purchase in the window or in the profile's lifetime counters (free_only False).
+    paid_before = users["free_only"].map(lambda value: value is False or value == 0).to_numpy(dtype=bool)
+    users = users.assign(user_pos=np.arange(len(users)), is_buyer=insight.is_buyer | paid_before, active=active)
+    # Profiles carry no installed apps without behavioural consent; the events do (never recommend
+    # an installed app back, whatever the consent).
+    if insight.owned_apps:
+        extra = pd.Series(insight.owned_apps)
+        users["installed_apps"] = [
+            sorted(set(_as_list(listed)) | set(extra.get(pos, []))) for pos, listed in
+            zip(users["user_pos"], users["installed_apps"], strict=True)]
+    scored = users[active].reset_index(drop=True)
+    order = np.concatenate([scored["user_id"].to_numpy(dtype=object),
+                            users.loc[~active, "user_id"].to_numpy(dtype=object)])
+    segment_names = sorted(users["segment"].dropna().astype(str).unique().tolist())
+    segment_lookup = {s: i for i, s in enumerate(segment_names)}
+    ordered_segments = pd.concat([scored["segment"], users.loc[~active, "segment"]])
+    segment_code = np.array([segment_lookup.get(str(s), -1) if s is not None and s == s else -1
+                             for s in ordered_segments], dtype=np.int64)
+    popularity, previous = load_popularity(config, date)
+
+    outputs: dict[str, str] = {}
+    rows: dict[str, int] = {}
+    partitions = {name: lake.partition(lake.gold(name), date) for name in OUTPUT_TABLES}
+    checks_root = lake.partition(lake.gold("scoring_expectations"), date)
+    rows["user_insights"] = write_partition(partitions["user_insights"], SCHEMAS["user_insights"],
+                                            _insights_frame(insight.table))
+    outputs["user_insights"] = partitions["user_insights"]
+
+    scratch = Path(tempfile.mkdtemp(prefix="scoring-", dir=_scratch_parent(config)))
+    try:
+        store = build_history_store(config, date, catalog, order, segment_code, len(segment_names),
+                                    str(scratch / "history"))
+        context, similar_frame = build_context(config, date, catalog, featured, users, store, segment_names,
+                                               popularity, previous, model, model_version)
+        context.category_weights = insight.category_weights
+        queries = surf.order_queries(insight.queries)
+        context.query_index = (queries["user_pos"].to_numpy(dtype=np.int64), queries["query"].to_numpy(dtype=object))
+        context.segment_queries = surf.popular_queries_by_segment(
+            insight.queries, users["segment"].to_numpy(dtype=object), int(config.features.min_group_size))
+        rows["similar_apps"] = write_partition(partitions["similar_apps"], SCHEMAS["similar_apps"], similar_frame)
+        outputs["similar_apps"] = partitions["similar_apps"]
+
+        per_user = ("recommendations", "recommended_categories", "search_personalization", "suggested_queries")
+        targets = {**{name: partitions[name] for name in per_user},
+                   "active_users": f"{checks_root}/active_users", "exclusions": f"{checks_root}/exclusions"}
+        if config.scoring.engine == "spark":
+            stats = score_spark(config, context, scored, store, targets)
+        else:
+            stats = _score_local(context, scored, store, targets)
+        rows.update(stats.pop("rows"))
+        outputs.update({name: partitions[name] for name in per_user})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    before = stats["ild_before_sum"] / stats["ild_count"] if stats["ild_count"] else float("nan")
+    after = stats["ild_after_sum"] / stats["ild_count"] if stats["ild_count"] else float("nan")
+    log.info("for_you intra-list diversity before %.4f after %.4f (%s)", before, after, config.scoring.diversity)
+    return {
+        "date": date,
+        "engine": config.scoring.engine,
+        "model_version": model_version,
+        "tables": outputs,
+        "rows": rows,
+        "users_total": int(len(users)),
+        "users_scored": int(len(scored)),
+        "users_deleted_excluded": n_deleted,
+        "blocks": stats["blocks"],
+        "diversity": {"method": config.scoring.diversity, "ild_before": _round(before), "ild_after": _round(after)},
+        "catalog_coverage": _round(stats["distinct_for_you_apps"] / catalog.n if catalog.n else 0.0),
+        "insights": insight.summary,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "seconds": round(time.perf_counter() - started, 3),
+        "expected": {
+            "top_n": int(config.scoring.top_n),
+            "active_users": targets["active_users"],
+            "exclusions": targets["exclusions"],
+            "deleted_users": sorted(deleted),
+            "min_rows": {"recommendations": 1, "user_insights": 1, "similar_apps": 1} if len(scored) else
+            {"user_insights": 1},
+        },
+    }
+
+
+def _as_list(value: Any) -> list[str]:
+    """A list of app ids from a Parquet list cell (None, NaN, list or numpy array)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    return [str(item) for item in value]
+
+
+def _round(value: float) -> float | None:
+    return None if value != value else round(float(value), 6)
+
+
+def _scratch_parent(config: Config) -> str:
+    parent = Path(config.var_dir) / "tmp"
+    parent.mkdir(parents=True, exist_ok=True)
+    return str(parent)
+
+
+def _insights_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The insights table in the serving schema's types (nullable ints, text segment)."""
+    frame = table.copy()
+    frame["segment"] = [None if s is None or s != s else str(s) for s in frame["segment"]]
+    frame["best_notification_hour"] = frame["best_notification_hour"].astype("Int32")
+    frame["notification_cap_per_week"] = frame["notification_cap_per_week"].astype("Int32")
+    return frame
+
+
+def _score_local(context: ScoringContext, scored: pd.DataFrame, store: HistoryStore,
+                 targets: dict[str, str]) -> dict[str, Any]:
+    """The local engine: blocks of users through :func:`score_block`, appended to Parquet writers."""
+    writers = {name: PartitionWriter(path, SCHEMAS[name]) for name, path in targets.items()}
+    stats: dict[str, Any] = {"ild_before_sum": 0.0, "ild_after_sum": 0.0, "ild_count": 0, "blocks": 0}
+    distinct = np.zeros(context.catalog.n, dtype=bool)
+    try:
+        for index in range(0, (len(scored) + store.block_size - 1) // store.block_size):
+            block_users = scored.iloc[index * store.block_size:(index + 1) * store.block_size]
+            # The last scored block may share its bucket with inactive users: keep the scored rows.
+            history = store.block(index, context.catalog.n)[:len(block_users)]
+            result = score_block(context, block_users, history)
+            for name, frame in result.frames.items():
+                writers[name].write(frame)
+            stats["ild_before_sum"] += result.ild_before_sum
+            stats["ild_after_sum"] += result.ild_after_sum
+            stats["ild_count"] += result.ild_count
+            stats["blocks"] += 1
+            recs = result.frames["recommendations"]
+            distinct[context.catalog.positions(recs.loc[recs["surface"] == "for_you", "app_id"])] = True
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    for writer in writers.values():
+        writer.close()
+    stats["rows"] = {name: writers[name].rows for name in targets if name not in ("active_users", "exclusions")}
+    stats["distinct_for_you_apps"] = int(distinct.sum())
+    return stats
+
+
+# --------------------------------------------------------------- Spark engine
+#: One row type for every output of a block (a ``table`` column says which), so one
+#: mapInPandas pass produces all tables; columns a table does not use are null.
+_SPARK_ROW_FIELDS = (
+    ("table", "string"), ("user_id", "string"), ("surface", "string"), ("rank", "int"), ("app_id", "string"),
+    ("score", "double"), ("reason", "string"), ("reason_app_id", "string"), ("variant", "string"),
+    ("category", "string"), ("boost", "double"), ("query", "string"), ("ild_before", "double"),
+    ("ild_after", "double"), ("ild_count", "long"),
+)
+_SPARK_USER_COLUMNS = ("user_id", "user_pos", "consent_behavioral", "consent_location", "country", "region",
+                       "age_group", "segment", "is_buyer", "installed_apps", "purchased_apps", "store_country",
+                       "store_age_group")
+
+
+def spark_block_rows(ctx: ScoringContext, frame: pd.DataFrame) -> pd.DataFrame:
+    """Score one Arrow batch of users (with ``history_apps``/``history_weights`` lists) into union rows."""
+    rows, cols, values = [], [], []
+    for row, (apps, weights) in enumerate(zip(frame["history_apps"], frame["history_weights"], strict=True)):
+        if apps is None or len(apps) == 0:
+            continue
+        positions = ctx.catalog.positions([str(a) for a in apps])
+        keep = positions >= 0
+        rows.extend([row] * int(keep.sum()))
+        cols.extend(positions[keep].tolist())
+        values.extend(np.asarray(weights, dtype=np.float64)[keep].tolist())
+    history = sp.csr_matrix((np.asarray(values, dtype=np.float32), (rows, cols)), shape=(len(frame), ctx.catalog.n),
+                            dtype=np.float32)
+    history.sum_duplicates()
+    users = frame.drop(columns=["history_apps", "history_weights"]).reset_index(drop=True)
+    result = score_block(ctx, users, history)
+    parts = [frame_part.assign(table=name) for name, frame_part in result.frames.items()]
+    parts.append(pd.DataFrame({"table": ["_stats"], "ild_before": [result.ild_before_sum],
+                               "ild_after": [result.ild_after_sum], "ild_count": [result.ild_count]}))
+    out = pd.concat(parts, ignore_index=True)
+    names = [name for name, _ in _SPARK_ROW_FIELDS]
+    for name in names:
+        if name not in out:
+            out[name] = None
+    out = out[names]
+    out["rank"] = out["rank"].astype("Int32")
+    out["ild_count"] = out["ild_count"].astype("Int64")
+    for name in ("score", "boost", "ild_before", "ild_after"):
+        out[name] = out[name].astype("float64")
+    for name in ("table", "user_id", "surface", "app_id", "reason", "reason_app_id", "variant", "category", "query"):
+        out[name] = out[name].astype(object).where(out[name].notna(), None)
+    return out
+
+
+#: Unpickled broadcast contexts per Python worker (one unpickle per worker, not per partition).
+_CONTEXT_CACHE: dict[str, ScoringContext] = {}
+
+
+def _broadcast_context(broadcast_id: str, broadcast: Any) -> ScoringContext:
+    import pickle
+
+    if broadcast_id not in _CONTEXT_CACHE:
+        _CONTEXT_CACHE.clear()  # one run's context at a time
+        _CONTEXT_CACHE[broadcast_id] = pickle.loads(broadcast.value)
+    return _CONTEXT_CACHE[broadcast_id]
+
+
+def score_spark(config: Config, context: ScoringContext, scored: pd.DataFrame, store: HistoryStore,
+                targets: dict[str, str]) -> dict[str, Any]:
+    """The Spark engine: users (with their histories grouped by Spark) through :func:`score_block`
+    in ``mapInPandas``, with the scoring context (catalogue, model, rules' matrices) broadcast.
+
+    Each Arrow batch holds at most ``block_size`` users, so executor memory per task is one
+    block's score matrix. The histories never reach the driver; the per-user metadata
+    (consent flags, country, installed apps) comes from the driver's profile read.
+    ``store`` is unused here (the local engine's disk buckets); kept for one signature.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from jobs.spark import get_spark
+
+    del store
+    spark = get_spark(config)
+    lake = Lake(config)
+    date = context.date.isoformat()
+    interactions = spark.read.parquet(lake.partition(lake.gold("interactions"), date))
+    resolved = ins.pick_columns(interactions.columns, INTERACTION_COLUMNS, ("user_id", "app_id"), "gold/interactions")
+    weight = F.col(resolved["weight"]).cast("double") if "weight" in resolved else F.lit(1.0)
+    positives = interactions.select(F.col(resolved["user_id"]).cast("string").alias("user_id"),
+                                    F.col(resolved["app_id"]).cast("string").alias("app_id"),
+                                    weight.alias("weight"),
+                                    (F.col(resolved["label"]).cast("int") if "label" in resolved else F.lit(1))
+                                    .alias("label"))
+    positives = positives.where((F.col("label") == 1) & (F.col("weight") > 0))
+    histories = positives.groupBy("user_id").agg(F.collect_list("app_id").alias("history_apps"),
+                                                 F.collect_list("weight").alias("history_weights"))
+    meta = scored.loc[:, list(_SPARK_USER_COLUMNS)].copy()
+    for column in ("installed_apps", "purchased_apps"):
+        meta[column] = [None if v is None or (isinstance(v, float) and v != v) else [str(a) for a in v]
+                        for v in meta[column]]
+    for column in ("user_id", "country", "region", "age_group", "segment", "store_country", "store_age_group"):
+        meta[column] = [None if v is None or v != v else str(v) for v in meta[column]]
+    schema = T.StructType([
+        T.StructField("user_id", T.StringType()), T.StructField("user_pos", T.LongType()),
+        T.StructField("consent_behavioral", T.BooleanType()), T.StructField("consent_location", T.BooleanType()),
+        T.StructField("country", T.StringType()), T.StructField("region", T.StringType()),
+        T.StructField("age_group", T.StringType()), T.StructField("segment", T.StringType()),
+        T.StructField("is_buyer", T.BooleanType()),
+        T.StructField("installed_apps", T.ArrayType(T.StringType())),
+        T.StructField("purchased_apps", T.ArrayType(T.StringType())),
+        T.StructField("store_country", T.StringType()), T.StructField("store_age_group", T.StringType()),
+    ])
+    users = spark.createDataFrame(meta, schema=schema)
+    block_size = max(1, int(config.scoring.block_size))
+    partitions = max(1, (len(scored) + block_size - 1) // block_size)
+    joined = users.join(histories, "user_id", "left").repartition(partitions, "user_id")
+    from pyspark import cloudpickle
+
+    # cloudpickle (not the broadcast's plain pickle) so models whose classes live outside an
+    # importable package (a notebook, a test) still reach the executors.
+    broadcast = spark.sparkContext.broadcast(cloudpickle.dumps(context))
+    broadcast_id = uuid.uuid4().hex  # cache key of this run's context on the workers
+
+    def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        ctx = _broadcast_context(broadcast_id, broadcast)
+        for batch in batches:
+            if len(batch):
+                yield spark_block_rows(ctx, batch)
+
+    row_schema = ", ".join(f"{name} {kind}" for name, kind in _SPARK_ROW_FIELDS)
+    previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(block_size))
+    try:
+        rows = joined.mapInPandas(score_batches, schema=row_schema).persist()
+        counts = {r["table"]: r["count"] for r in rows.groupBy("table").count().collect()}
+        stats = rows.where(F.col("table") == "_stats").agg(
+            F.sum("ild_before").alias("before"), F.sum("ild_after").alias("after"),
+            F.sum("ild_count").alias("count"), F.count("*").alias("blocks")).collect()[0]
+        distinct = rows.where((F.col("table") == "recommendations") & (F.col("surface") == "for_you")) \
+            .select("app_id").distinct().count()
+        extra = {"recommendations": {"model_version": F.lit(context.model_version),
+                                     "generated_for": F.lit(date).cast("date")}}
+        for name, path in targets.items():
+            columns = []
+            for field in SCHEMAS[name]:
+                if name in extra and field.name in extra[name]:
+                    column = extra[name][field.name]
+                else:
+                    column = F.col(field.name)
+                kind = {"int32": "int", "int64": "bigint", "double": "double", "string": "string",
+                        "date32[day]": "date"}[str(field.type)]
+                columns.append(column.cast(kind).alias(field.name))
+            rows.where(F.col("table") == name).select(*columns).write.mode("overwrite").parquet(path)
+        rows.unpersist()
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
+        broadcast.destroy()
+    return {
+        "ild_before_sum": float(stats["before"] or 0.0), "ild_after_sum": float(stats["after"] or 0.0),
+        "ild_count": int(stats["count"] or 0), "blocks": int(stats["blocks"] or 0),
+        "rows": {name: int(counts.get(name, 0)) for name in targets if name not in ("active_users", "exclusions")},
+        "distinct_for_you_apps": int(distinct),
+    }
