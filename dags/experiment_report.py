@@ -27,7 +27,7 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
-from personalization.alerts import deadline_alert, on_failure_callback
+from personalization.alerts import on_failure_callback
 from personalization.assets import SERVING_RECOMMENDATIONS
 
 DEFAULT_ARGS = {
@@ -37,7 +37,6 @@ DEFAULT_ARGS = {
     "on_failure_callback": on_failure_callback,
 }
 #: A run still unfinished this long after it was queued raises an ``sla`` alert.
-DEADLINE_MINUTES = 120
 
 
 def _date_of_event(event: object) -> str | None:
@@ -83,7 +82,6 @@ def _config_and_date(context: dict) -> tuple:
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    deadline=deadline_alert(DEADLINE_MINUTES),
     tags=["personalization", "experiments", "kpis", "monitoring"],
     doc_md=__doc__,
     params={

@@ -175,3 +175,62 @@ def spark_schemas():
         ]
     )
     return {"raw_events": raw_events, "raw_apps": raw_apps, "raw_users": raw_users}
+
+# ------------------------------------------- appended by the Spark data layer
+# silver/users extras
+SIGNUP_CONSENT_BEHAVIORAL = "signup_consent_behavioral"  # behavioural consent given at signup
+CONSENT_UPDATED_AT = "consent_updated_at"  # ts of the last consent_change applied (null: none)
+
+# silver/apps: release_date typed as a date; no new columns.
+
+# gold/profiles (one row per user known on D; see jobs/build_profiles.py)
+BEHAVIOR_ALLOWED = "behavior_allowed"  # behavioural consent as of D
+APP_USAGE = "app_usage"  # array<struct<app_id, sessions, minutes, decayed_minutes, last_used>>
+INSTALLED_APPS = "installed_apps"  # array<string>, installed and not uninstalled since
+PURCHASE_COUNT = "purchase_count"
+PURCHASE_REVENUE = "purchase_revenue"  # USD in the window
+LAST_PURCHASE_TS = "last_purchase_ts"
+VIEWS_BY_CATEGORY = "views_by_category"  # map<category, app_view count>
+TOP_SEARCH_TERMS = "top_search_terms"  # array<string>, most frequent (decayed) first
+HOUR_HISTOGRAM = "hour_histogram"  # array<double>[24], local hour, decayed, sums to 1 (or all 0)
+WEEKDAY_HISTOGRAM = "weekday_histogram"  # array<double>[7], index 0 = Monday
+CATEGORY_SCORES = "category_scores"  # map<category, double>, decayed, sums to 1 (or empty)
+FREE_ONLY = "free_only"  # never paid (no purchase, no paid install)
+MAX_PRICE_PAID = "max_price_paid"  # USD, 0 when none
+CONTENT_TYPES = "content_types"  # array<string> of app/game used
+NOTIFICATIONS_SENT = "notifications_sent"
+NOTIFICATION_OPEN_RATE = "notification_open_rate"  # opens / sends in 0..1, 0 when no sends
+RECENCY_DAYS = "recency_days"  # days since the last behavioural event (null: none)
+FREQUENCY = "frequency"  # distinct sessions in the window
+MONETARY = "monetary"  # purchase revenue in the window, USD
+ACTIVE_DAYS_7 = "active_days_7"
+ACTIVE_DAYS_30 = "active_days_30"
+ACTIVE_DAYS_90 = "active_days_90"
+TREND = "trend"  # (events/day last 7 days) / (events/day previous 21 days); null if none before
+N_EVENTS = "n_events"  # behavioural events in the window
+
+# gold/segments, segment_summary, segment_centroids
+SEGMENT_ID = "segment_id"
+SEGMENT_NAME = "segment_name"
+SEGMENT_SIZE = "size"
+TOP_CATEGORIES = "top_categories"
+MEAN_ENGAGEMENT = "mean_engagement"
+CENTROID = "centroid"  # array<double> in the original (unscaled) feature space
+FEATURE_NAMES = "feature_names"  # array<string>, the centroid's coordinates
+
+# gold/app_features, gold/popularity, gold/interactions
+PRICE_BUCKET = "price_bucket"  # free | low (<2) | mid (<5) | high
+POP_7D = "pop_7d"
+POP_30D = "pop_30d"
+FRESHNESS_DAYS = "freshness_days"
+TEXT_VEC = "text_vec"
+SCORE = "score"
+N_USERS = "n_users"
+GROUP_USERS = "group_users"
+EVENT_TS = "event_ts"
+WEIGHT = "weight"
+LABEL = "label"
+SPLIT = "split"  # train | validation
+IN_TRAIN = "in_train"  # validation example whose (user, app) also has a train positive
+APP_POP_7D_ASOF = "app_pop_7d_asof"  # point-in-time: installers in the 7 days before the example's date
+USER_PRIOR_POSITIVES = "user_prior_positives"  # point-in-time: the user's positive events before event_ts

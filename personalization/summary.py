@@ -70,7 +70,8 @@ def user_rows(config: Config, user_id: str) -> Iterator[str]:
             rows = connection.execute(
                 sa.text(
                     "SELECT surface, rank, app_id, score, reason FROM recommendations "
-                    "WHERE user_id = :user_id ORDER BY surface, rank"
+                    "WHERE user_id = :user_id "
+                    "ORDER BY CASE surface WHEN 'for_you' THEN 0 ELSE 1 END, surface, rank"
                 ),
                 {"user_id": user_id},
             ).all()
@@ -134,7 +135,7 @@ def build_summary(config: Config, date: str) -> str:
     user = sample_user(config)
     if user:
         lines.append("")
-        lines.extend(list(user_rows(config, user))[:30])
+        lines.extend(list(user_rows(config, user))[:40])
     db_path = config.serving_url.removeprefix("sqlite:///")
     lines += [
         "",
