@@ -38,12 +38,14 @@ client = MlflowClient()
 experiment = client.get_experiment_by_name(config.mlflow.experiment)
 assert experiment is not None, "no runs yet: run `make run` first"
 runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="pandas")
-parents = runs[runs["tags.mlflow.parentRunId"].isna()] if "tags.mlflow.parentRunId" in runs else runs
-children = runs[runs["tags.mlflow.parentRunId"].notna()] if "tags.mlflow.parentRunId" in runs else runs.iloc[0:0]
+# Nightly parent runs carry the chosen best model; their nested runs are one per model.
+parents = runs[runs["tags.best_model"].notna()]
+children = runs[runs["tags.mlflow.parentRunId"].isin(parents["run_id"])]
 print(f"{len(parents)} nightly runs, {len(children)} model runs")"""),
     new_code_cell("""\
-metric_columns = sorted(c for c in children.columns if c.startswith("metrics.") and "@10" in c)
-model_column = "tags.model" if "tags.model" in children else "tags.mlflow.runName"
+metric_columns = sorted(c for c in children.columns
+                        if c.startswith("metrics.") and c.endswith("_at_10") and children[c].notna().any())
+model_column = "tags.model_name" if "tags.model_name" in children else "tags.mlflow.runName"
 date_of = parents.set_index("run_id")["tags.date"] if "tags.date" in parents else None
 table = children[[model_column, "tags.mlflow.parentRunId", *metric_columns]].copy()
 if date_of is not None:
