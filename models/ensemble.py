@@ -1,0 +1,112 @@
+"""A weighted blend of already-trained recommenders (``blend`` in ``training.models``).
+
+Each component's scores are standardised per user over the catalogue (z-scores:
+the components' raw scales differ: EASE weights, logits, cosines), then summed with
+weights that sum to 1. The weights are chosen on the validation split among a grid,
+so the blend is a model like any other for promotion. List ``blend`` after its
+components in ``training.models``: it reuses the components fitted in the same run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.base import Recommender
+from models.common import FitResult, ModelOptions
+from models.data import InteractionData
+from models.evaluation import evaluate
+from personalization.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def _standardise_rows(scores: np.ndarray) -> np.ndarray:
+    """Per-row z-scores over finite entries; a constant row becomes zeros."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    safe = np.where(finite, scores, 0.0)
+    count = np.maximum(finite.sum(axis=1, keepdims=True), 1)
+    mean = safe.sum(axis=1, keepdims=True) / count
+    std = np.sqrt((np.where(finite, scores - mean, 0.0) ** 2).sum(axis=1, keepdims=True) / count)
+    standardised = np.where(finite, (scores - mean) / np.where(std > 0, std, 1.0), -np.inf)
+    return standardised
+
+
+class BlendRecommender(Recommender):
+    """Sum of per-user standardised component scores, weighted."""
+
+    name = "blend"
+
+    def __init__(self, components: Sequence[Recommender], weights: Sequence[float]):
+        if len(components) != len(weights) or not components:
+            raise ValueError("a blend needs one weight per component and at least one component")
+        first = components[0]
+        for component in components[1:]:
+            if not np.array_equal(component.app_ids, first.app_ids):
+                raise ValueError(f"blend components must share one catalogue ({component.name} differs)")
+        self.components = list(components)
+        self.weights = [float(weight) for weight in weights]
+        self.app_ids = first.app_ids
+        self.user_ids = np.array(sorted({u for c in components for u in c.user_ids.tolist()}), dtype=object)
+
+    def score(self, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
+        total = np.zeros((len(user_ids), len(self.app_ids)), dtype=np.float64)
+        for component, weight in zip(self.components, self.weights):
+            if weight == 0.0:
+                continue
+            total += weight * _standardise_rows(component.score(user_ids, history))
+        # -inf would only come from a component that cannot score an app; keep it finite but last.
+        return np.nan_to_num(total, neginf=np.finfo(np.float32).min / 2).astype(np.float32)
+
+    def drop_users(self, user_ids: Sequence[str]) -> int:
+        removed = max((component.drop_users(user_ids) for component in self.components), default=0)
+        drop = set(user_ids)
+        self.user_ids = np.array([u for u in self.user_ids.tolist() if u not in drop], dtype=object)
+        return removed
+
+
+def weight_grid(n_components: int, step: float) -> list[tuple[float, ...]]:
+    """All weight vectors on a simplex grid with the given step (weights >= 0, sum 1)."""
+    ticks = int(round(1.0 / step))
+    grid = [
+        tuple(count / ticks for count in counts)
+        for counts in itertools.product(range(ticks + 1), repeat=n_components)
+        if sum(counts) == ticks
+    ]
+    return sorted(grid, reverse=True)
+
+
+def fit_blend(
+    data: InteractionData,
+    config: Config,
+    options: ModelOptions,
+    components: dict[str, Recommender] | None = None,
+) -> FitResult:
+    """Choose blend weights of ``options.blend_models`` (already fitted) by validation NDCG@k."""
+    names = [name for name in options.blend_models if components and name in components]
+    if len(names) < 2:
+        raise ValueError(
+            f"blend needs at least two fitted components among {options.blend_models}; list them before "
+            f"'blend' in training.models (fitted: {sorted(components or {})})"
+        )
+    models = [components[name] for name in names]
+    k = config.training.k
+    best: tuple[float, tuple[float, ...]] | None = None
+    history = []
+    for step, weights in enumerate(weight_grid(len(models), options.blend_weight_step)):
+        ndcg = evaluate(BlendRecommender(models, weights), data, k, block_size=options.eval_block_size)[f"ndcg@{k}"]
+        history.append({"epoch": step, **{f"weight.{n}": w for n, w in zip(names, weights)}, f"val/ndcg@{k}": ndcg})
+        if best is None or ndcg > best[0]:
+            best = (ndcg, weights)
+    assert best is not None
+    log.info("blend weights %s: validation ndcg@%d=%.4f", dict(zip(names, best[1])), k, best[0])
+    return FitResult(
+        recommender=BlendRecommender(models, best[1]),
+        params={"components": ",".join(names), **{f"weight.{n}": w for n, w in zip(names, best[1])}},
+        history=history,
+    )

@@ -1,0 +1,219 @@
+"""Lightning plumbing shared by the gradient-trained models (cf_bpr, two_tower).
+
+- :class:`NDCGAtK`: a torchmetrics metric object for ``val/ndcg@k`` during training;
+- :class:`EvaluationRows`: the validation users (unseen validation positives) as a Dataset;
+- :class:`EpochHistory` and :class:`BestWeights`: per-epoch metrics for MLflow and the
+  best-epoch weights (the epoch is chosen on validation NDCG only);
+- :func:`make_trainer`: one deterministic Trainer configuration for every model;
+- :func:`inverse_sqrt_schedule`: the incremental-training rate base / sqrt(1 + iteration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import scipy.sparse as sp
+import torch
+from torch.utils.data import Dataset
+from torchmetrics import Metric
+
+from models.common import ModelOptions
+from models.data import InteractionData
+from models.evaluation import evaluation_users
+from personalization.config import Config
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (and dataloader workers) for a reproducible run."""
+    pl.seed_everything(seed, workers=True, verbose=False)
+
+
+class NDCGAtK(Metric):
+    """Mean binary NDCG@k over users, from full score rows (seen items already ``-inf``)."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, k: int = 10):
+        super().__init__()
+        self.k = k
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, scores: torch.Tensor, relevant: torch.Tensor) -> None:
+        """``scores`` float ``[b, n]``; ``relevant`` bool ``[b, n]`` (rows without relevant items are skipped)."""
+        k = min(self.k, scores.shape[1])
+        n_relevant = relevant.sum(dim=1)
+        keep = n_relevant > 0
+        if not bool(keep.any()):
+            return
+        scores, relevant, n_relevant = scores[keep], relevant[keep], n_relevant[keep]
+        top = torch.topk(scores, k, dim=1).indices
+        gains = relevant.gather(1, top).to(torch.float64)
+        discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=scores.device))
+        dcg = (gains * discounts).sum(dim=1)
+        ideal = torch.cumsum(discounts, 0)[(n_relevant.clamp(max=k) - 1)]
+        self.total += (dcg / ideal).sum()
+        self.count += int(keep.sum())
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count.clamp(min=1)
+
+
+def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
+    """Bool tensor ``[len(rows), n_cols]``: True where ``matrix[row, col]`` is non-zero."""
+    block = matrix[rows]
+    dense = np.zeros(block.shape, dtype=bool)
+    r, c = block.nonzero()
+    dense[r, c] = True
+    return torch.from_numpy(dense)
+
+
+class EvaluationRows(Dataset):
+    """Validation users as a Dataset of row indices, with seen and relevant matrices.
+
+    Relevant = validation positives not in the user's training history, exactly as
+    :func:`models.evaluation.evaluate` counts them.
+    """
+
+    def __init__(self, data: InteractionData):
+        rows, truth = evaluation_users(data)
+        self.rows = rows
+        self.seen = data.train.tocsr()
+        n_apps = data.n_apps
+        if len(rows):
+            lengths = [len(items) for items in truth]
+            self.relevant = sp.csr_matrix(
+                (np.ones(sum(lengths), dtype=np.float32), np.concatenate(truth), np.r_[0, np.cumsum(lengths)]),
+                shape=(len(rows), n_apps),
+            )
+        else:
+            self.relevant = sp.csr_matrix((0, n_apps), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, position: int) -> int:
+        return position
+
+    def collate(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        """Batch: ``users`` (row indices), ``seen`` and ``relevant`` bool ``[b, n_apps]``."""
+        positions_array = np.asarray(positions, dtype=np.int64)
+        rows = self.rows[positions_array]
+        return {
+            "users": torch.from_numpy(rows),
+            "seen": dense_rows(self.seen, rows),
+            "relevant": dense_rows(self.relevant, positions_array),
+        }
+
+
+class EpochHistory(pl.Callback):
+    """Collects the epoch-level logged metrics (``train/loss``, ``val/ndcg@k``) after each epoch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row = {"epoch": float(trainer.current_epoch)}
+        for name, value in trainer.callback_metrics.items():
+            if torch.is_tensor(value) and value.numel() == 1:
+                row[name] = float(value)
+        self.epochs.append(row)
+
+
+class BestWeights(pl.Callback):
+    """Keeps a copy of the weights of the best validation epoch and restores them at the end."""
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        score = float(value)
+        if self.best_score is None or score > self.best_score:
+            self.best_score = score
+            self.best_epoch = trainer.current_epoch
+            self.best_state = copy.deepcopy(pl_module.state_dict())
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.best_state is not None:
+            pl_module.load_state_dict(self.best_state)
+
+
+def make_trainer(
+    config: Config,
+    options: ModelOptions,
+    max_epochs: int,
+    callbacks: list[pl.Callback],
+    root_dir: str,
+    monitor: str | None = None,
+) -> pl.Trainer:
+    """A deterministic, quiet Trainer; early stopping on ``monitor`` when patience > 0.
+
+    Build and fit it inside :func:`deterministic_torch`.
+    """
+    callbacks = list(callbacks)
+    if monitor and options.early_stopping_patience > 0 and not options.fast_dev_run:
+        callbacks.append(
+            pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=options.early_stopping_patience)
+        )
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator=config.training.accelerator,
+        devices=1,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        fast_dev_run=options.fast_dev_run,
+        limit_train_batches=options.limit_train_batches,
+        default_root_dir=root_dir,
+        callbacks=callbacks,
+    )
+
+
+@contextlib.contextmanager
+def deterministic_torch(threads: int = 0) -> Iterator[None]:
+    """Deterministic torch kernels inside the block; the process-wide flags are restored after.
+
+    ``Trainer(deterministic=True)`` switches torch to deterministic kernels for the whole
+    process, so build and fit the Trainer inside this block: scoring code running later
+    in the same process should not inherit the flags. Filling uninitialised memory (a
+    debugging aid torch enables with deterministic mode) is turned off: it made every
+    embedding step ~10x slower on CPU, and no kernel here reads uninitialised memory.
+    ``threads`` > 0 sets torch's intra-op threads for the block (small embedding kernels
+    run several times faster on one thread than on two contended ones).
+    """
+    previous_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        torch.set_num_threads(previous_threads)
+
+
+def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Lightning scheduler config: learning rate = base / sqrt(1 + iteration), stepped every batch."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: 1.0 / math.sqrt(1.0 + iteration))
+    return {"scheduler": scheduler, "interval": "step", "frequency": 1}
