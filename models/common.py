@@ -60,6 +60,8 @@ class ModelOptions:
     #: Blend model: components (fitted earlier in the same run) and the weight grid step.
     blend_models: list[str] = field(default_factory=lambda: ["ease", "two_tower"])
     blend_weight_step: float = 0.1
+    #: The weight search caches validation scores when users x apps x components fits (float32 count).
+    blend_cache_max_floats: int = 50_000_000
     #: Incremental mode: fine-tuning epochs and the newest training days fine-tuned on.
     incremental_epochs: int = 2
     incremental_days: int = 1

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from models.base import Recommender
 from models.common import FitResult, ModelOptions
 from models.data import InteractionData
-from models.evaluation import evaluate
+from models.evaluation import evaluate, evaluation_users, score_in_data_columns
 from personalization.config import Config
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,42 @@ class BlendRecommender(Recommender):
         return removed
 
 
+class _CachedScores(Recommender):
+    """Standardised component scores of the validation users, computed once for the weight search."""
+
+    name = "blend-search"
+
+    def __init__(self, components: Sequence[Recommender], data: InteractionData, block_size: int):
+        rows, _ = evaluation_users(data)
+        users = data.user_ids[rows].tolist()
+        self.app_ids = components[0].app_ids
+        self.user_ids = np.asarray(users, dtype=object)
+        self._rows = {user: position for position, user in enumerate(users)}
+        self.weights: Sequence[float] = ()
+        self.cache = []
+        for component in components:
+            blocks = [
+                _standardise_rows(
+                    score_in_data_columns(
+                        component,
+                        users[start : start + block_size],
+                        data.train[rows[start : start + block_size]],
+                        data.app_ids,
+                    )
+                ).astype(np.float32)
+                for start in range(0, len(users), block_size)
+            ]
+            self.cache.append(np.vstack(blocks) if blocks else np.zeros((0, data.n_apps), np.float32))
+
+    def score(self, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
+        positions = [self._rows[user] for user in user_ids]
+        total = np.zeros((len(positions), self.cache[0].shape[1]), dtype=np.float64)
+        for cached, weight in zip(self.cache, self.weights):
+            if weight:
+                total += weight * cached[positions]
+        return np.nan_to_num(total, neginf=np.finfo(np.float32).min / 2).astype(np.float32)
+
+
 def weight_grid(n_components: int, step: float) -> list[tuple[float, ...]]:
     """All weight vectors on a simplex grid with the given step (weights >= 0, sum 1)."""
     ticks = int(round(1.0 / step))
@@ -98,8 +134,20 @@ def fit_blend(
     k = config.training.k
     best: tuple[float, tuple[float, ...]] | None = None
     history = []
+    n_eval_users = len(evaluation_users(data)[0])
+    # Score the validation users once per component when that fits the memory budget.
+    cached = (
+        _CachedScores(models, data, options.eval_block_size)
+        if n_eval_users * data.n_apps * len(models) <= options.blend_cache_max_floats
+        else None
+    )
     for step, weights in enumerate(weight_grid(len(models), options.blend_weight_step)):
-        ndcg = evaluate(BlendRecommender(models, weights), data, k, block_size=options.eval_block_size)[f"ndcg@{k}"]
+        if cached is not None:
+            cached.weights = weights
+            candidate: Recommender = cached
+        else:
+            candidate = BlendRecommender(models, weights)
+        ndcg = evaluate(candidate, data, k, block_size=options.eval_block_size)[f"ndcg@{k}"]
         history.append({"epoch": step, **{f"weight.{n}": w for n, w in zip(names, weights)}, f"val/ndcg@{k}": ndcg})
         if best is None or ndcg > best[0]:
             best = (ndcg, weights)

@@ -61,7 +61,12 @@ def test_ease_lambda_chosen_on_validation() -> None:
     assert single.recommender.lam == 3.0 and single.history == []
     grid = fit_ease(data, config, ModelOptions(ease_lambda_grid=[1000.0, 1.0, 10.0], ease_weight_power_grid=[0.5, 0]))
     assert [(row["ease_lambda"], row["ease_weight_power"]) for row in grid.history] == [
-        (1.0, 0.0), (10.0, 0.0), (1000.0, 0.0), (1.0, 0.5), (10.0, 0.5), (1000.0, 0.5)
+        (1.0, 0.0),
+        (10.0, 0.0),
+        (1000.0, 0.0),
+        (1.0, 0.5),
+        (10.0, 0.5),
+        (1000.0, 0.5),
     ]
     best = max(grid.history, key=lambda row: row["val/ndcg@5"])
     assert (grid.recommender.lam, grid.recommender.weight_power) == (best["ease_lambda"], best["ease_weight_power"])
@@ -154,6 +159,16 @@ def test_fit_blend_picks_weights_on_validation() -> None:
     ]
     best = max(fit.history, key=lambda row: row["val/ndcg@10"])
     assert fit.params["weight.ease"] == best["weight.ease"]
+    # The cached weight search (default) and the plain one (no cache budget) agree.
+    uncached = fit_blend(
+        data,
+        config,
+        ModelOptions(blend_models=["popularity", "ease"], blend_weight_step=0.5, blend_cache_max_floats=0),
+        components=components,
+    )
+    assert [row["val/ndcg@10"] for row in uncached.history] == pytest.approx(
+        [row["val/ndcg@10"] for row in fit.history]
+    )
     with pytest.raises(ValueError, match="at least two fitted components"):
         fit_blend(data, config, options, components={"ease": components["ease"]})
 
