@@ -97,7 +97,7 @@ class FeatureConfig:
 class TrainingConfig:
     #: Models trained each night; the champion is chosen among them by validation NDCG@10.
     models: list[str] = field(
-        default_factory=lambda: ["popularity", "ease", "cf_bpr", "two_tower", "content"]
+        default_factory=lambda: ["popularity", "ease", "cf_bpr", "two_tower", "content", "blend"]
     )
     seed: int = 42
     embedding_dim: int = 64
