@@ -12,9 +12,7 @@ metric objects, optimiser) and the ``LightningDataModule`` (:class:`BPRDataModul
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -29,13 +27,10 @@ from models.base import Recommender
 from models.common import FitResult, ModelOptions, popularity_scores, shared_positions
 from models.data import InteractionData
 from models.lit import (
-    BestWeights,
-    EpochHistory,
     EvaluationRows,
     NDCGAtK,
-    deterministic_torch,
+    fit_module,
     inverse_sqrt_schedule,
-    make_trainer,
     seed_everything,
 )
 from personalization.config import Config
@@ -268,16 +263,8 @@ def fit_cf_bpr(
     datamodule = BPRDataModule(data, positives, training.batch_size, training.seed)
     datamodule.setup()
     module.set_positive_keys(datamodule.positive_keys())
-    # Without validation users (e.g. fit_predict on a bare training file) the last epoch is kept.
-    monitor = f"val/ndcg@{training.k}" if len(datamodule.validation) else None
-    history, best = EpochHistory(), BestWeights(monitor or "")
-    workdir = workdir or tempfile.mkdtemp(prefix="cf_bpr-")
-    max_epochs = options.incremental_epochs if incremental else training.max_epochs
-    with deterministic_torch(options.train_threads):
-        trainer = make_trainer(config, options, max_epochs, [history, best], workdir, monitor=monitor)
-        trainer.fit(module, datamodule=datamodule)
-    checkpoint = str(Path(workdir) / "cf_bpr.ckpt")
-    trainer.save_checkpoint(checkpoint)
+    run = fit_module(config, options, module, datamodule, "cf_bpr", incremental, workdir)
+    history, best, checkpoint, max_epochs = run.history, run.best, run.checkpoint_path, run.max_epochs
     recommender = BPRRecommender.from_module(module.cpu(), data)
     params = {
         "embedding_dim": module.hparams.embedding_dim,

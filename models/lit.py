@@ -5,6 +5,7 @@
 - :class:`EpochHistory` and :class:`BestWeights`: per-epoch metrics for MLflow and the
   best-epoch weights (the epoch is chosen on validation NDCG only);
 - :func:`make_trainer`: one deterministic Trainer configuration for every model;
+- :func:`fit_module`: the shared fit (best validation epoch kept, checkpoint saved);
 - :func:`inverse_sqrt_schedule`: the incremental-training rate base / sqrt(1 + iteration).
 """
 
@@ -13,7 +14,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -183,6 +187,43 @@ def make_trainer(
         default_root_dir=root_dir,
         callbacks=callbacks,
     )
+
+
+@dataclass
+class FitRun:
+    """What :func:`fit_module` produced."""
+
+    history: EpochHistory
+    best: BestWeights
+    checkpoint_path: str
+    max_epochs: int
+
+
+def fit_module(
+    config: Config,
+    options: ModelOptions,
+    module: pl.LightningModule,
+    datamodule: Any,
+    name: str,
+    incremental: bool,
+    workdir: str | None = None,
+) -> FitRun:
+    """Fit ``module`` deterministically, keep the best validation epoch, save ``<workdir>/<name>.ckpt``.
+
+    ``datamodule`` must be set up and expose ``validation`` (the validation users).
+    """
+    training = config.training
+    # Without validation users (e.g. fit_predict on a bare training file) the last epoch is kept.
+    monitor = f"val/ndcg@{training.k}" if len(datamodule.validation) else None
+    history, best = EpochHistory(), BestWeights(monitor or "")
+    workdir = workdir or tempfile.mkdtemp(prefix=f"{name}-")
+    max_epochs = options.incremental_epochs if incremental else training.max_epochs
+    with deterministic_torch(options.train_threads):
+        trainer = make_trainer(config, options, max_epochs, [history, best], workdir, monitor=monitor)
+        trainer.fit(module, datamodule=datamodule)
+    checkpoint = str(Path(workdir) / f"{name}.ckpt")
+    trainer.save_checkpoint(checkpoint)
+    return FitRun(history, best, checkpoint, max_epochs)
 
 
 @contextlib.contextmanager

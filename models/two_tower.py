@@ -29,10 +29,8 @@ keep their dot-product order below every candidate. Scores are logits.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -50,13 +48,10 @@ from models.common import FitResult, ModelOptions, shared_positions
 from models.content import _text_matrix
 from models.data import APP_NUMERIC_COLUMNS, InteractionData
 from models.lit import (
-    BestWeights,
-    EpochHistory,
     EvaluationRows,
     NDCGAtK,
-    deterministic_torch,
+    fit_module,
     inverse_sqrt_schedule,
-    make_trainer,
     seed_everything,
 )
 from personalization.config import Config
@@ -671,16 +666,8 @@ def fit_two_tower(
         data, features, positives, training.batch_size, training.seed, options.tt_history_dropout
     )
     datamodule.setup()
-    # Without validation users (e.g. fit_predict on a bare training file) the last epoch is kept.
-    monitor = f"val/ndcg@{training.k}" if len(datamodule.validation) else None
-    history, best = EpochHistory(), BestWeights(monitor or "")
-    workdir = workdir or tempfile.mkdtemp(prefix="two_tower-")
-    max_epochs = options.incremental_epochs if incremental else training.max_epochs
-    with deterministic_torch(options.train_threads):
-        trainer = make_trainer(config, options, max_epochs, [history, best], workdir, monitor=monitor)
-        trainer.fit(module, datamodule=datamodule)
-    checkpoint = str(Path(workdir) / "two_tower.ckpt")
-    trainer.save_checkpoint(checkpoint)
+    run = fit_module(config, options, module, datamodule, "two_tower", incremental, workdir)
+    history, best, checkpoint, max_epochs = run.history, run.best, run.checkpoint_path, run.max_epochs
     recommender = TwoTowerRecommender(
         module.net, features, dict(module.hparams), options.tt_full_mlp_max_apps, config.scoring.candidate_pool
     )
