@@ -45,6 +45,7 @@ from personalization.data_rights import (
 )
 from personalization.data_rights.ids import REDACTED, IdMatcher
 from personalization.security import InvalidIdentifierError
+from tests.services import require_postgres, temporary_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("PE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -541,33 +542,12 @@ def test_redis_part_runs(world: Any) -> None:
 
 def test_serving_deletion_on_postgresql(tmp_path: Path) -> None:
     """The serving part alone on PostgreSQL (JSONB audit details, COPY-loaded versions); ids u1 vs u10."""
-    import psycopg2
-
     from personalization.serving.publish import list_versions, publish
 
-    admin_url = os.environ.get("PE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        psycopg2.connect(admin_url, connect_timeout=3).close()
-    except psycopg2.OperationalError as error:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {admin_url} unreachable while CI is set: {error}")
-        pytest.skip(f"PostgreSQL not reachable at {admin_url} ({error}); set CI=true to make this a failure")
-
-    def admin(sql: str) -> None:
-        connection = psycopg2.connect(admin_url, connect_timeout=3)
-        connection.autocommit = True
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql)
-        finally:
-            connection.close()
-
-    database = f"pe_privacy_test_{uuid.uuid4().hex[:10]}"
-    admin(f"CREATE DATABASE {database}")
-    try:
+    with temporary_postgres_database("pe_privacy_test", require_postgres()) as serving_url:
         config = load_config(overrides={
             "paths": {"root": str(tmp_path), "var_dir": str(tmp_path / "var"), "lake_root": str(tmp_path / "lake")},
-            "serving": {"url": admin_url.rsplit("/", 1)[0] + f"/{database}", "keep_versions": 2},
+            "serving": {"url": serving_url, "keep_versions": 2},
             "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'var' / 'absent.db'}"},
             "scoring": {"top_n": 3},
         }, environ={})
@@ -581,8 +561,6 @@ def test_serving_deletion_on_postgresql(tmp_path: Path) -> None:
         assert (after["clean"], after["retained"]["audit_log"]) == (True, 3)
         assert verify_deleted(config, ["u10"])["hits"]["serving_db"] == 12
         assert [v["row_counts"]["recommendations"] for v in list_versions(config)] == [6, 6]
-    finally:
-        admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 def test_deletion_export_and_retention_on_an_s3_lake(tmp_path: Path) -> None:

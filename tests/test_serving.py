@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
 import threading
 import time
@@ -35,52 +34,23 @@ from personalization.serving.publish import list_versions, publish, record_audit
 from personalization.serving.queries import run_query
 from personalization.serving.roles import ensure_reader_role
 from personalization.serving.schema import RECOMMENDATIONS, USER_INSIGHTS, physical_name
+from tests.services import REDIS_URL, require_postgres, temporary_postgres_database, unreachable
 
-PG_ADMIN_URL = os.environ.get("PE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("PE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 DATE = "2026-10-05"
 
 
 # ------------------------------------------------------------------ servers
-def _unreachable(what: str, error: Exception) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} unreachable while CI is set: {error}")
-    pytest.skip(f"{what} not reachable ({error}); set CI=true to turn this skip into a failure")
-
-
 @pytest.fixture(scope="module")
 def postgres_server() -> str:
     """The admin URL of a reachable PostgreSQL server (skip/fail otherwise)."""
-    import psycopg2
-
-    try:
-        psycopg2.connect(PG_ADMIN_URL, connect_timeout=3).close()
-    except psycopg2.OperationalError as error:
-        _unreachable(f"PostgreSQL at {PG_ADMIN_URL}", error)
-    return PG_ADMIN_URL
-
-
-def _admin(sql: str) -> None:
-    import psycopg2
-
-    connection = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-    finally:
-        connection.close()
+    return require_postgres()
 
 
 @pytest.fixture
 def postgres_url(postgres_server: str) -> Any:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"pe_serving_test_{uuid.uuid4().hex[:10]}"
-    _admin(f"CREATE DATABASE {name}")
-    try:
-        yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with temporary_postgres_database("pe_serving_test", postgres_server) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -98,7 +68,7 @@ def redis_client() -> Any:
     try:
         client.ping()
     except redis.ConnectionError as error:
-        _unreachable(f"Redis at {REDIS_URL}", error)
+        unreachable(f"Redis at {REDIS_URL}", error)
     yield client
     client.close()
 
