@@ -114,6 +114,70 @@ class TrainingConfig:
 
 
 @dataclass
+class ModelOptions:
+    """Model-specific tunables, section ``models`` (env ``PE_MODELS__TT_HIDDEN_DIM=256``).
+
+    The shared ones (seed, sizes, epochs, learning rate, k) are in ``training``; these are
+    the knobs of one model each. Every default lives here, so a model never hard-codes one.
+    """
+
+    #: EASE L2 strengths tried on validation; empty = only ``training.ease_lambda``.
+    ease_lambda_grid: list[float] = field(default_factory=list)
+    #: EASE input: interaction weight ** power (0 = binary; 0.5 damps heavy users and repeat weights).
+    ease_weight_power: float = 0.0
+    #: Powers tried on validation together with ``ease_lambda_grid``; empty = only ``ease_weight_power``.
+    ease_weight_power_grid: list[float] = field(default_factory=list)
+    #: L2 penalty on the embeddings touched by a BPR batch (per example, summed over dims).
+    cf_l2: float = 1e-2
+    #: Two-tower: hidden width of the tower and interaction MLPs.
+    tt_hidden_dim: int = 128
+    tt_dropout: float = 0.2
+    #: Two-tower: catalogues up to this size train with a softmax over every app; larger
+    #: ones with ``tt_sampled_negatives`` uniform apps shared by a batch.
+    tt_full_softmax_max_apps: int = 20000
+    tt_sampled_negatives: int = 256
+    #: Two-tower: weight of the pointwise BCE loss (positives, explicit and sampled negatives).
+    tt_bce_weight: float = 0.5
+    #: Two-tower: sampled apps per positive used as negatives by the pointwise BCE loss.
+    tt_pointwise_negatives: int = 4
+    #: Two-tower: share of history items dropped from a training example's bag (denoising).
+    tt_history_dropout: float = 0.2
+    #: Two-tower: share of user and app ids replaced by the "unknown" id 0 while training,
+    #: so users and apps never seen in training get vectors from history and features.
+    tt_id_dropout: float = 0.1
+    #: Two-tower: learning rate multiplied by this after every epoch of a full fit (1 = constant).
+    tt_lr_decay: float = 0.9
+    #: Two-tower: L2 weight decay (AdamW).
+    tt_weight_decay: float = 1e-5
+    #: Two-tower: catalogues up to this size are scored with the full MLP; larger ones two-stage.
+    tt_full_mlp_max_apps: int = 20000
+    #: Content model: weights of the one-hot category block and the scaled numeric block
+    #: relative to the (unit-norm) text vector.
+    content_category_weight: float = 1.0
+    content_numeric_weight: float = 0.5
+    #: Blend model: components (fitted earlier in the same run) and the weight grid step.
+    blend_models: list[str] = field(default_factory=lambda: ["ease", "two_tower"])
+    blend_weight_step: float = 0.1
+    #: The weight search caches validation scores when users x apps x components fits (float32 count).
+    blend_cache_max_floats: int = 50_000_000
+    #: Incremental mode: fine-tuning epochs and the newest training days fine-tuned on.
+    incremental_epochs: int = 2
+    incremental_days: int = 1
+    #: When mode is incremental, also train from scratch and log both side by side.
+    compare_modes: bool = False
+    #: Stop when validation NDCG has not improved for this many epochs (0 disables).
+    early_stopping_patience: int = 3
+    #: Lightning smoke-test switches (tests): one batch of train and validation.
+    fast_dev_run: bool = False
+    limit_train_batches: float = 1.0
+    #: torch intra-op threads while training (0 keeps torch's default). Small embedding
+    #: kernels run fastest on one thread; raise it for wide two-tower MLPs on big machines.
+    train_threads: int = 1
+    #: Users per block in evaluation (peak memory block x n_apps float32).
+    eval_block_size: int = 1024
+
+
+@dataclass
 class PromotionConfig:
     #: A challenger needs validation NDCG@10 above champion + margin.
     ndcg_margin: float = 0.0
@@ -207,6 +271,7 @@ class Config:
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    models: ModelOptions = field(default_factory=ModelOptions)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)

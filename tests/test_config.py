@@ -45,3 +45,19 @@ def test_unknown_keys_and_bad_values_are_rejected(tmp_path: Path) -> None:
         load_config(environ={"PE_SCORING__TOP_N": "ten"})
     with pytest.raises(ValueError, match="generator.scale must be one of"):
         load_config(overrides={"generator": {"scale": "huge"}}, environ={})
+
+
+def test_model_options_are_a_config_section(tmp_path: Path) -> None:
+    from models.common import model_options
+
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  ease_lambda_grid: [100, 500]\n  blend_models: [ease, cf_bpr]\n")
+    config = load_config(path, environ={"PE_ROOT": str(tmp_path), "PE_MODELS__TT_HIDDEN_DIM": "256",
+                                        "PE_MODELS__FAST_DEV_RUN": "yes", "PE_MODELS__TT_DROPOUT": "0.3"})
+    options = model_options(config)
+    assert options.tt_hidden_dim == 256 and options.fast_dev_run is True and options.tt_dropout == 0.3
+    assert options.ease_lambda_grid == [100.0, 500.0] and options.blend_models == ["ease", "cf_bpr"]
+    options.blend_models.append("two_tower")  # a fit's copy never changes the configuration
+    assert config.models.blend_models == ["ease", "cf_bpr"]
+    with pytest.raises(ValueError, match="unknown configuration key models.tt_width"):
+        load_config(environ={"PE_MODELS__TT_WIDTH": "3"})

@@ -47,9 +47,9 @@ def _config(store: Path, registered_model: str, **training) -> Config:
             "training": {**FAST_TRAINING, **training},
         },
     )
-    # Model-specific knobs are read from config.training by name (see models.common.ModelOptions).
-    config.training.tt_hidden_dim = 16
-    config.training.tt_sampled_negatives = 8
+    # Model-specific knobs are the ``models`` section (personalization.config.ModelOptions).
+    config.models.tt_hidden_dim = 16
+    config.models.tt_sampled_negatives = 8
     return config
 
 
@@ -192,12 +192,12 @@ def test_incremental_mode_warm_starts_and_compares(first_run, store, toy) -> Non
     config, _ = first_run  # rec-main has cf_bpr and two_tower runs logged, no champion
     config.training.mode = "incremental"
     config.training.models = ["cf_bpr"]
-    config.training.compare_modes = True
+    config.models.compare_modes = True
     try:
         result = train(config, "2026-10-05", data=toy)
     finally:
         config.training.mode = "full"
-        del config.training.compare_modes
+        config.models.compare_modes = False
     assert result["mode"] == {"cf_bpr": "incremental"}
     assert set(result["mode_comparison"]["cf_bpr"]) == {"incremental", "full"}
     client = MlflowClient(config.mlflow_tracking_uri)
