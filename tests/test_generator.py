@@ -382,8 +382,18 @@ def test_rerun_overwrites_and_zero_rate_injects_nothing(tmp_path: Path) -> None:
 def test_recommendation_policy_is_shown(tmp_path: Path) -> None:
     config = make_config(tmp_path, bad_record_rate=0.0)
     served = {f"u{u:07d}": ["a000003", "a000001", "a000002"] for u in range(0, 120, 2)}
-    generate_world(config, progress=False, preset=MINI, policy=RecommendationListPolicy(served))
+    tags = {user: "exp:treatment" if int(user[1:]) % 4 else "exp:control" for user in served}
+    generate_world(config, progress=False, preset=MINI, policy=RecommendationListPolicy(served, variants=tags))
     landed = classify_world(config)
+    # Events from a served slate carry its variant; every other event is untagged.
+    tagged = collections.Counter()
+    for _, r in landed.clean:
+        from_served = r["user_id"] in served and r.get("surface") == "for_you"
+        expected = tags[r["user_id"]] if from_served and r["event_type"] != "search" else None
+        assert r["variant"] == expected, r
+        if expected:
+            tagged[r["event_type"]] += 1
+    assert tagged["impression"] and tagged["app_view"] and tagged["install"], tagged
     shown = [
         (r["user_id"], r["app_id"], r["position"])
         for _, r in landed.clean

@@ -4,8 +4,11 @@ The simulation asks a policy to fill *slates* (one row per slate: a user on a
 surface, optionally with a category the user asked for). A policy returns app
 indices; the simulator then drops anything the user could not see (unreleased,
 unavailable in the country, age-restricted) and duplicates within a slate, so a
-plugged-in policy cannot break the world's invariants. A later experiment can show
-served recommendations with :class:`RecommendationListPolicy`.
+plugged-in policy cannot break the world's invariants. An experiment shows served
+recommendations with :class:`RecommendationListPolicy`; a policy that also has a
+``variants(request)`` method tags each slate with an experiment variant, which the
+simulator copies onto the slate's impressions, views, installs and paid-install
+purchases (:func:`slate_variants`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,17 @@ class ImpressionPolicy(Protocol):
     def __call__(self, request: SlateRequest, world: SimWorld, rng: np.random.Generator) -> np.ndarray:
         """A (len(request.users), request.slate_size) int64 matrix of app indices; -1 leaves a position empty."""
         ...
+
+
+def slate_variants(policy: ImpressionPolicy, request: SlateRequest) -> np.ndarray:
+    """The variant tag of each slate (object array, None = untagged) from ``policy.variants`` when it has one."""
+    variants = getattr(policy, "variants", None)
+    if variants is None:
+        return np.full(len(request.users), None, dtype=object)
+    tags = np.asarray(variants(request), dtype=object)
+    if tags.shape != (len(request.users),):
+        raise ValueError(f"policy.variants returned shape {tags.shape}, expected ({len(request.users)},)")
+    return tags
 
 
 def clean_slates(world: SimWorld, request: SlateRequest, apps: np.ndarray) -> np.ndarray:
@@ -152,7 +166,9 @@ class RecommendationListPolicy:
     """Shows served recommendations (user_id -> ranked app_ids) on chosen surfaces.
 
     Slates of other surfaces, and of users without recommendations, come from
-    ``fallback`` (the default store policy unless given).
+    ``fallback`` (the default store policy unless given). ``variants`` (user_id ->
+    tag such as ``"exp:treatment"``, the serving table's ``variant``) tags the slates
+    that show the user's served list.
     """
 
     def __init__(
@@ -160,14 +176,25 @@ class RecommendationListPolicy:
         recommendations: Mapping[str, Sequence[str]],
         surfaces: Iterable[str] = ("for_you",),
         fallback: ImpressionPolicy | None = None,
+        variants: Mapping[str, str] | None = None,
     ):
         self.recommendations = {
             int(user[1:]): np.array([int(app[1:]) for app in apps if app[1:].isdigit()], dtype=np.int64)
             for user, apps in recommendations.items()
             if user[1:].isdigit()
         }
+        self.tags = {int(user[1:]): str(tag) for user, tag in (variants or {}).items() if user[1:].isdigit()}
         self.surfaces = np.array([SURFACE_INDEX[name] for name in surfaces], dtype=np.int64)
         self.fallback = fallback if fallback is not None else DefaultStorePolicy()
+
+    def variants(self, request: SlateRequest) -> np.ndarray:
+        """The tag of each slate showing a served list (None elsewhere)."""
+        tags = np.full(len(request.users), None, dtype=object)
+        for row in np.flatnonzero(np.isin(request.surfaces, self.surfaces)).tolist():
+            user = int(request.users[row])
+            if user in self.recommendations:
+                tags[row] = self.tags.get(user)
+        return tags
 
     def __call__(self, request: SlateRequest, world: SimWorld, rng: np.random.Generator) -> np.ndarray:
         apps = np.asarray(self.fallback(request, world, rng), dtype=np.int64).copy()
@@ -186,4 +213,5 @@ __all__ = [
     "RecommendationListPolicy",
     "SlateRequest",
     "clean_slates",
+    "slate_variants",
 ]

@@ -116,10 +116,11 @@ class LineFormatter:
         rng: np.random.Generator,
     ) -> list[str]:
         types, surfaces, consent_types, queries = C.EVENT_TYPES, C.SURFACES, C.CONSENT_TYPES, events.queries
+        variants = [dumps(tag) for tag in events.variants]
         ts_text = np.datetime_as_string(events.ts[block].astype("datetime64[s]"), unit="s").tolist()
         ids = event_ids(len(ts_text), rng)
         lines = []
-        for i, (t, u, a, ts, s, sf, pos, q, amt, dur, rat, ct, cv) in enumerate(
+        for i, (t, u, a, ts, s, sf, pos, q, amt, dur, rat, ct, cv, var) in enumerate(
             zip(
                 events.etype[block].tolist(),
                 (events.user[block] - lo).tolist(),
@@ -134,6 +135,7 @@ class LineFormatter:
                 events.rating[block].tolist(),
                 events.consent_type[block].tolist(),
                 events.consent_value[block].tolist(),
+                events.variant[block].tolist(),
                 strict=True,
             )
         ):
@@ -147,7 +149,7 @@ class LineFormatter:
                 parts.append(f',"surface":"{surfaces[sf]}"')
             if pos > 0:
                 parts.append(f',"position":{pos}')
-            parts.append(',"variant":null')
+            parts.append(f',"variant":{variants[var]}' if var >= 0 else ',"variant":null')
             if q >= 0:
                 parts.append(f',"query":{dumps(queries[q])}')
             if amt == amt:  # not NaN

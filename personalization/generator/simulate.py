@@ -13,7 +13,13 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from jobs import columns as C
-from personalization.generator.policy import SURFACE_INDEX, ImpressionPolicy, SlateRequest, clean_slates
+from personalization.generator.policy import (
+    SURFACE_INDEX,
+    ImpressionPolicy,
+    SlateRequest,
+    clean_slates,
+    slate_variants,
+)
 from personalization.generator.vocabulary import (
     CATEGORIES,
     CATEGORY_WORDS,
@@ -67,7 +73,7 @@ RATING_RATE = 0.012  # chance an app open is followed by a rating
 class DayEvents:
     """Columnar valid events of one chunk and day, sorted by ``ts``.
 
-    Absent values: app/session/surface/query/consent_type -1, position/rating 0,
+    Absent values: app/session/surface/query/consent_type/variant -1, position/rating 0,
     amount/duration NaN, consent_value -1.
     """
 
@@ -84,7 +90,9 @@ class DayEvents:
     rating: np.ndarray  # int64 1..5
     consent_type: np.ndarray  # int64 index into CONSENT_TYPES
     consent_value: np.ndarray  # int8
+    variant: np.ndarray  # int64 index into ``variants`` (experiment tag of the slate)
     queries: list[str]
+    variants: list[str]
 
     def __len__(self) -> int:
         return len(self.etype)
@@ -107,6 +115,7 @@ class _Buffer:
         "rating",
         "consent_type",
         "consent_value",
+        "variant",
     )
     _DEFAULTS = {
         "app": -1,
@@ -119,12 +128,23 @@ class _Buffer:
         "rating": 0,
         "consent_type": -1,
         "consent_value": -1,
+        "variant": -1,
     }
     _DTYPES = {"etype": np.int8, "amount": np.float64, "duration": np.float64, "consent_value": np.int8}
 
     def __init__(self) -> None:
         self.blocks: dict[str, list[np.ndarray]] = {name: [] for name in self._FIELDS}
         self.queries: list[str] = []
+        self.variants: list[str] = []
+
+    def variant_codes(self, tags: np.ndarray) -> np.ndarray:
+        """Indices into ``self.variants`` of slate tags (object array, None -> -1), adding new tags."""
+        codes = np.full(len(tags), -1, np.int64)
+        for tag in {t for t in tags.tolist() if t is not None}:
+            if tag not in self.variants:
+                self.variants.append(tag)
+            codes[tags == tag] = self.variants.index(tag)
+        return codes
 
     def add(self, etype: str, user: np.ndarray, ts: np.ndarray, **columns: np.ndarray | int | float) -> None:
         n = len(user)
@@ -142,7 +162,11 @@ class _Buffer:
             for name, parts in self.blocks.items()
         }
         order = np.argsort(columns["ts"], kind="stable")
-        return DayEvents(**{name: values[order] for name, values in columns.items()}, queries=self.queries)
+        return DayEvents(
+            **{name: values[order] for name, values in columns.items()},
+            queries=self.queries,
+            variants=self.variants,
+        )
 
 
 def city_utc_offsets(date: dt.date) -> np.ndarray:
@@ -267,7 +291,7 @@ def simulate_chunk(
 
     candidates: list[
         tuple[np.ndarray, ...]
-    ] = []  # install candidates: user, app, ts, session, surface, position
+    ] = []  # install candidates: user, app, ts, session, surface, position, variant
 
     # ---------------------------------------------------------- store visits
     st = np.flatnonzero(store)
@@ -296,11 +320,12 @@ def simulate_chunk(
     )
     request = SlateRequest(day, date.isoformat(), st_user, surface, category, SLATE_COLUMNS)
     shown = clean_slates(world, request, policy(request, world, rng))
+    slate_variant = out.variant_codes(slate_variants(policy, request))
     shown[np.arange(SLATE_COLUMNS)[None, :] >= rng.integers(4, SLATE_COLUMNS + 1, n_store)[:, None]] = -1
     # Close gaps left by blanked positions so positions run 1..N.
     shown = np.take_along_axis(shown, np.argsort(shown < 0, axis=1, kind="stable"), axis=1)
     r, c = np.nonzero(shown >= 0)
-    imp_user, imp_app, imp_surface = st_user[r], shown[r, c], surface[r]
+    imp_user, imp_app, imp_surface, imp_variant = st_user[r], shown[r, c], surface[r], slate_variant[r]
     imp_ts = st_start[r] + np.where(is_search[r], 4, 1) + c
     out.add(
         "impression",
@@ -310,6 +335,7 @@ def simulate_chunk(
         session=st_session[r],
         surface=imp_surface,
         position=c + 1,
+        variant=imp_variant,
     )
     fit = world.fit_z(imp_user, imp_app)
     quality = world.app_quality[imp_app]
@@ -327,6 +353,7 @@ def simulate_chunk(
         session=st_session[r[v]],
         surface=imp_surface[v],
         position=c[v] + 1,
+        variant=imp_variant[v],
     )
     installs = v[
         rng.random(len(v)) < _install_probability(world, imp_user[v], imp_app[v], fit[v], quality[v])
@@ -339,6 +366,7 @@ def simulate_chunk(
             st_session[r[installs]],
             imp_surface[installs],
             c[installs] + 1,
+            imp_variant[installs],
         )
     )
 
@@ -354,15 +382,23 @@ def simulate_chunk(
         1,
     )
     note_app = clean_slates(world, note_request, policy(note_request, world, rng))[:, 0]
+    note_variant = out.variant_codes(slate_variants(policy, note_request))
     keep = note_app >= 0
-    notified, note_app = notified[keep], note_app[keep]
+    notified, note_app, note_variant = notified[keep], note_app[keep], note_variant[keep]
     local_send = np.where(rng.random(len(notified)) < 0.5, 10, 19) * 3600 + rng.integers(
         0, 900, len(notified)
     )
     sent_ts = day_start + np.minimum(
         _local_to_utc(world, notified, local_send, offsets), SECONDS_PER_DAY - 7200
     )
-    out.add("notification_sent", notified, sent_ts, app=note_app, surface=SURFACE_INDEX["notification"])
+    out.add(
+        "notification_sent",
+        notified,
+        sent_ts,
+        app=note_app,
+        surface=SURFACE_INDEX["notification"],
+        variant=note_variant,
+    )
     fit = world.fit_z(notified, note_app)
     quality = world.app_quality[note_app]
     p_open = sigmoid(-2.2 + 0.6 * fit + 0.3 * quality) * np.minimum(1.0, 0.3 + world.user_activity[notified])
@@ -386,6 +422,7 @@ def simulate_chunk(
         session=open_session,
         surface=SURFACE_INDEX["notification"],
         position=1,
+        variant=note_variant[o],
     )
     installs = rng.random(len(o)) < _install_probability(world, notified[o], note_app[o], fit[o], quality[o])
     candidates.append(
@@ -396,11 +433,12 @@ def simulate_chunk(
             open_session[installs],
             np.full(int(installs.sum()), SURFACE_INDEX["notification"]),
             np.ones(int(installs.sum()), np.int64),
+            note_variant[o][installs],
         )
     )
 
     # ---------------------------------------------------------------- installs
-    i_user, i_app, i_ts, i_session, i_surface, i_position = (
+    i_user, i_app, i_ts, i_session, i_surface, i_position, i_variant = (
         np.concatenate(parts) for parts in zip(*candidates, strict=True)
     )
     i_ts = np.minimum(i_ts, day_end)
@@ -412,8 +450,8 @@ def simulate_chunk(
     first[1:] = pair[order][1:] != pair[order][:-1]
     chosen = order[first & fresh[order]]
     chosen = chosen[np.argsort(i_ts[chosen], kind="stable")]
-    i_user, i_app, i_ts, i_session, i_surface, i_position = (
-        x[chosen] for x in (i_user, i_app, i_ts, i_session, i_surface, i_position)
+    i_user, i_app, i_ts, i_session, i_surface, i_position, i_variant = (
+        x[chosen] for x in (i_user, i_app, i_ts, i_session, i_surface, i_position, i_variant)
     )
     affinity = world.usage_affinity(i_user, i_app, rng)
     evictions: dict[tuple[int, int], int] = {}
@@ -423,11 +461,21 @@ def simulate_chunk(
         if evicted >= 0:
             evictions[(u, evicted)] = t + 1
             evicted_rows.append((u, evicted, t + 1))
-    out.add("install", i_user, i_ts, app=i_app, session=i_session, surface=i_surface, position=i_position)
+    out.add(
+        "install",
+        i_user,
+        i_ts,
+        app=i_app,
+        session=i_session,
+        surface=i_surface,
+        position=i_position,
+        variant=i_variant,
+    )
     if evicted_rows:
         ev = np.array(evicted_rows, dtype=np.int64)
         out.add("uninstall", ev[:, 0], np.minimum(ev[:, 2], day_end), app=ev[:, 1])
     paid = world.app_price[i_app] > 0
+    # A paid install's purchase is attributed to the slate the install came from.
     out.add(
         "purchase",
         i_user[paid],
@@ -435,6 +483,9 @@ def simulate_chunk(
         app=i_app[paid],
         session=i_session[paid],
         amount=world.app_price[i_app[paid]],
+        surface=i_surface[paid],
+        position=i_position[paid],
+        variant=i_variant[paid],
     )
     first_open = rng.random(len(i_user)) < 0.75
     f_user, f_app = i_user[first_open], i_app[first_open]
