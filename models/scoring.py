@@ -45,7 +45,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -977,6 +977,8 @@ def score_users(
     deleted_users: Sequence[str] | None = None,
     champion: tuple[Recommender, str] | None = None,
     log_to_mlflow: bool = True,
+    user_ids: Collection[str] | None = None,
+    personalized: bool = True,
 ) -> dict[str, Any]:
     """Score every active user for ``date`` and write the serving tables to gold (overwrite).
 
@@ -984,6 +986,10 @@ def score_users(
         deleted_users: user ids to leave out entirely (added to ``silver/deleted_users``).
         champion: ``(model, version)``; default: ``models.registry.load_champion(config)``.
         log_to_mlflow: log the insights models' evaluation (experiment ``config.mlflow.experiment``).
+        user_ids: score only these users' lists (an experiment cell, see :mod:`models.variants`);
+            ``user_insights`` still covers every user.
+        personalized: False gives the scored users the non-personalised lists of users without
+            behavioural consent (an experiment's holdout).
 
     Returns a JSON-able record: ``tables`` (paths), ``rows``, ``model_version``, ``diversity``
     (intra-list diversity of for_you before/after re-ranking), user counts, the insights
@@ -1010,9 +1016,13 @@ def score_users(
     window = int(config.profiles.window_days)
     signed_up_recently = np.array([d is not None and 0 <= (run_day - d).days < window for d in users["signup_date"]])
     active = insight.has_events | signed_up_recently
+    if user_ids is not None:
+        active &= users["user_id"].isin(set(user_ids)).to_numpy()
     # A buyer: a purchase in the window or in the profile's lifetime counters (free_only False).
     paid_before = users["free_only"].map(lambda value: value is False or value == 0).to_numpy(dtype=bool)
     users = users.assign(user_pos=np.arange(len(users)), is_buyer=insight.is_buyer | paid_before, active=active)
+    if not personalized:
+        users["consent_behavioral"] = False
     # Profiles carry no installed apps without behavioural consent; the events do (never recommend
     # an installed app back, whatever the consent).
     if insight.owned_apps:

@@ -32,13 +32,11 @@ import base64
 import datetime as dt
 import html
 import io
-import json
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,10 +46,12 @@ from jobs import columns as C
 from personalization.config import Config
 from personalization.experiments import (
     HOLDOUT,
+    TAG_SEPARATOR,
     Comparison,
     Experiment,
     Variant,
     compare_means,
+    load_experiments,
     minimum_detectable_effect,
     required_sample_size,
     sample_ratio_mismatch,
@@ -99,18 +99,6 @@ def report_settings(config: Config, overrides: Mapping[str, Any] | None = None) 
     return result
 
 
-def load_experiments(path: str) -> list[Experiment]:
-    """Experiments from a JSON or YAML file holding a list of ``{"name", "salt", "variants", "holdout_pct"}``."""
-    text = Path(path).read_text(encoding="utf-8")
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-
-        data = yaml.safe_load(text) or []
-    else:
-        data = json.loads(text)
-    return [Experiment.from_dict(item) for item in data]
-
-
 def parse_tag(tag: str) -> tuple[str | None, str]:
     """``"exp:variant"`` -> ``("exp", "variant")``; a bare ``"variant"`` -> ``(None, "variant")``."""
     experiment, sep, variant = str(tag).partition(":")
@@ -135,6 +123,8 @@ def day_exposure(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """One day's tagged impressions, surface actions and outcomes of the users exposed so far (incl. today)."""
     tagged = events[(events[C.EVENT_TYPE] == "impression") & events[C.VARIANT].notna()]
+    # A user in several experiments has one tag per experiment ("a:x;b:y"): the impression counts in each.
+    tagged = tagged.assign(**{C.VARIANT: tagged[C.VARIANT].astype(str).str.split(TAG_SEPARATOR)}).explode(C.VARIANT)
     impressions = (
         tagged.groupby([C.USER_ID, C.VARIANT, C.SURFACE], dropna=False)
         .size()
@@ -176,18 +166,28 @@ def day_exposure(
 
 def scan_events(config: Config, start: str, end: str) -> Exposure:
     """Read the silver events of ``start..end`` day by day (needed columns and event types only)."""
+    columns = [C.USER_ID, C.EVENT_TYPE, C.SURFACE, C.VARIANT, C.AMOUNT, C.DURATION_S]
+
+    def days() -> Iterator[tuple[str, pd.DataFrame]]:
+        day = check_date(start)
+        while day <= check_date(end):
+            yield day, read_table(events_path(config, day), columns, {C.EVENT_TYPE: _EVENT_TYPES})
+            day = shift(day, 1)
+
+    return exposure_from_days(days())
+
+
+def exposure_from_days(days: Iterable[tuple[str, pd.DataFrame]]) -> Exposure:
+    """The :class:`Exposure` of consecutive days of events (``user_id, event_type, surface, variant,
+    amount, duration_s``), oldest first; the simulator's events go through the same code as the lake's."""
     parts: tuple[list[pd.DataFrame], list[pd.DataFrame], list[pd.DataFrame]] = ([], [], [])
     exposed: set[str] = set()
-    columns = [C.USER_ID, C.EVENT_TYPE, C.SURFACE, C.VARIANT, C.AMOUNT, C.DURATION_S]
-    day = check_date(start)
-    while day <= check_date(end):
-        events = read_table(events_path(config, day), columns, {C.EVENT_TYPE: _EVENT_TYPES})
+    for day, events in days:
         if len(events):
             frames = day_exposure(events, day, exposed)
             exposed |= set(frames[0][C.USER_ID])
             for bucket, frame in zip(parts, frames, strict=True):
                 bucket.append(frame)
-        day = shift(day, 1)
     empty = (
         [C.USER_ID, "tag", C.SURFACE, "day", "impressions"],
         [C.USER_ID, C.SURFACE, "day", "views", "installs"],
@@ -789,17 +789,7 @@ def build_report(
     if experiments is None and options["experiments_file"]:
         experiments = load_experiments(config.resolve(str(options["experiments_file"])))
     exposure = scan_events(config, start, date)
-    chosen, mapping, unmatched = resolve_experiments(
-        exposure.impressions["tag"].dropna().tolist(), experiments
-    )
-    results = []
-    for experiment in chosen:
-        users, mixed = user_metrics(exposure, experiment.name, mapping)
-        if users.empty:
-            continue
-        results.append(
-            analyse(experiment, users, mixed, daily_ctr(exposure, experiment.name, mapping), options)
-        )
+    results, unmatched = analyse_exposure(exposure, experiments, options)
     rows = result_rows(results, date, start, date)
     write_results(config, date, [r.experiment.name for r in results], rows)
     kpis = read_kpis(config, shift(date, -29), date)
@@ -817,14 +807,37 @@ def build_report(
         "mlflow_run_id": run_id,
         "rows": len(rows),
         "unmatched_tags": list(unmatched),
-        "experiments": {
-            r.experiment.name: {
-                "users": {str(k): int(v) for k, v in r.users["arm"].value_counts().sort_index().items()},
-                "srm_ok": r.srm.get("ok"),
-                "significant": [
-                    f"{v}/{c.metric}" for v, c in zip(r.variants, r.comparisons, strict=True) if c.significant
-                ],
-            }
-            for r in results
-        },
+        "experiments": results_summary(results),
+    }
+
+
+def analyse_exposure(
+    exposure: Exposure, experiments: Sequence[Experiment] | None, settings: Mapping[str, Any]
+) -> tuple[list[ExperimentResult], list[str]]:
+    """Every experiment's :class:`ExperimentResult` (experiments without users left out) and unmatched tags."""
+    chosen, mapping, unmatched = resolve_experiments(
+        exposure.impressions["tag"].dropna().tolist(), experiments
+    )
+    results = []
+    for experiment in chosen:
+        users, mixed = user_metrics(exposure, experiment.name, mapping)
+        if users.empty:
+            continue
+        results.append(
+            analyse(experiment, users, mixed, daily_ctr(exposure, experiment.name, mapping), settings)
+        )
+    return results, list(unmatched)
+
+
+def results_summary(results: Sequence[ExperimentResult]) -> dict[str, dict[str, Any]]:
+    """Per experiment: users per arm, the SRM verdict and the significant variant/metric pairs."""
+    return {
+        r.experiment.name: {
+            "users": {str(k): int(v) for k, v in r.users["arm"].value_counts().sort_index().items()},
+            "srm_ok": r.srm.get("ok"),
+            "significant": [
+                f"{v}/{c.metric}" for v, c in zip(r.variants, r.comparisons, strict=True) if c.significant
+            ],
+        }
+        for r in results
     }

@@ -17,12 +17,18 @@ Statistics are plain functions over per-user outcome arrays:
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 HOLDOUT = "holdout"
+#: Joins the tags of a user's experiments in the ``variant`` column: ``"exp_a:x;exp_b:y"``.
+TAG_SEPARATOR = ";"
+#: What a variant's ``spec`` may say (see :mod:`models.variants`).
+SPEC_KEYS = ("model_alias", "model_version", "model", "scoring", "personalized")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,15 @@ class Variant:
     name: str
     allocation_pct: float
     spec: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.spec) - set(SPEC_KEYS))
+        models = [key for key in ("model_alias", "model_version", "model") if key in self.spec]
+        if unknown or len(models) > 1:
+            raise ValueError(f"variant {self.name!r}: spec keys must be among {SPEC_KEYS} with at most one "
+                             f"model key, got {sorted(self.spec)}")
+        if ":" in self.name or TAG_SEPARATOR in self.name:
+            raise ValueError(f"variant name {self.name!r} may not contain ':' or {TAG_SEPARATOR!r}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,27 @@ class Experiment:
         if self.holdout_pct:
             shares[HOLDOUT] = self.holdout_pct / 100.0
         return shares
+
+
+def tag(experiment: str, arm: str) -> str:
+    """The ``variant`` column's tag of one experiment's arm: ``"<experiment>:<arm>"``."""
+    return f"{experiment}:{arm}"
+
+
+def load_experiments(path: str) -> list[Experiment]:
+    """Experiments from a JSON or YAML file holding a list of ``{"name", "salt", "variants", "holdout_pct"}``."""
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or []
+    else:
+        data = json.loads(text)
+    experiments = [Experiment.from_dict(item) for item in data]
+    names = [experiment.name for experiment in experiments]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: experiment names must be unique, got {names}")
+    return experiments
 
 
 def bucket(user_id: str, salt: str) -> float:

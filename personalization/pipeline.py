@@ -122,15 +122,17 @@ def evaluate_and_promote(config: Config, date: str, train_result: dict[str, Any]
 
 
 def score_users(config: Config, date: str) -> dict[str, Any]:
-    """Score every active user with the champion; write the serving tables to gold."""
-    from models.scoring import score_users as score
+    """Score every active user with the champion, or with the variants of the configured experiments
+    (``monitoring.experiments_file``); write the serving tables to gold."""
+    from models.variants import score_with_experiments
 
-    return _timed("score_users", config, date, lambda: score(config, date))
+    return _timed("score_users", config, date, lambda: score_with_experiments(config, date))
 
 
 # ---------------------------------------------------------------- serving stages
 def publish_serving(config: Config, date: str, score_result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Atomically publish the scored tables to the serving database."""
+    from personalization.privacy import load_user_map
     from personalization.serving.publish import publish
 
     score_result = score_result or read_record(config, date, "score_users")

@@ -29,7 +29,7 @@ from personalization.generator.records import (
     sample_duplicate_pool,
     split_late,
 )
-from personalization.generator.simulate import simulate_chunk
+from personalization.generator.simulate import DayEvents, simulate_chunk
 from personalization.generator.vocabulary import CATEGORIES
 from personalization.generator.world import SimWorld
 from personalization.lake import Lake, check_date
@@ -148,6 +148,35 @@ def _clear_previous_world(lake: Lake) -> None:
     Path(lake.sim_truth()).unlink(missing_ok=True)
 
 
+def start_world(
+    preset: ScalePreset, start: dt.date, seed: int
+) -> tuple[SimWorld, list[dict], list[dict], list[dict], list[dict]]:
+    """The world before day one: ``(world, initial apps, initial users, featured, denylist)`` records."""
+    rng = _rng(seed, 0)
+    world = SimWorld(preset, start, rng)
+    initial_apps = world.add_apps(-rng.integers(1, CATALOGUE_AGE_DAYS + 1, preset.n_apps), rng)
+    initial_users = world.add_users(-rng.integers(1, USER_AGE_DAYS + 1, preset.n_users), rng)
+    featured, denied = world.choose_editorial(rng)
+    world.bootstrap_installs(np.arange(world.n_users), -1, rng)
+    return world, initial_apps, initial_users, featured, denied
+
+
+def grow_world(world: SimWorld, preset: ScalePreset, day: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Release the apps and sign up the users of ``day``; returns their records."""
+    day_rng = _rng(seed, 1, day)
+    apps = world.add_apps(np.full(preset.new_apps_per_day, day), day_rng)
+    users = world.add_users(np.full(preset.new_users_per_day, day), day_rng)
+    return apps, users
+
+
+def simulate_day_chunk(
+    world: SimWorld, preset: ScalePreset, lo: int, hi: int, day: int, policy: ImpressionPolicy, seed: int,
+    chunk: int,
+) -> DayEvents:
+    """Users ``lo..hi-1`` through ``day`` with the chunk's own seeded random stream."""
+    return simulate_chunk(world, lo, hi, day, policy, _rng(seed, 2, day, chunk), preset.activity_scale)
+
+
 def generate_world(
     config: Config,
     *,
@@ -177,12 +206,7 @@ def generate_world(
     policy = policy or DefaultStorePolicy()
 
     # ---------------------------------------------- the world before day one
-    rng = _rng(seed, 0)
-    world = SimWorld(preset, start, rng)
-    initial_apps = world.add_apps(-rng.integers(1, CATALOGUE_AGE_DAYS + 1, preset.n_apps), rng)
-    initial_users = world.add_users(-rng.integers(1, USER_AGE_DAYS + 1, preset.n_users), rng)
-    featured, denied = world.choose_editorial(rng)
-    world.bootstrap_installs(np.arange(world.n_users), -1, rng)
+    world, initial_apps, initial_users, featured, denied = start_world(preset, start, seed)
     _write_text(Path(lake.editorial()) / "featured.jsonl", (dumps(r) for r in featured))
     _write_text(Path(lake.editorial()) / "denylist.jsonl", (dumps(r) for r in denied))
 
@@ -193,9 +217,7 @@ def generate_world(
     n_events = n_lines = n_late = 0
     for day in tqdm(range(preset.days), desc="generating days", unit="day", disable=not progress):
         date = dates[day]
-        day_rng = _rng(seed, 1, day)
-        apps = world.add_apps(np.full(preset.new_apps_per_day, day), day_rng)
-        users = world.add_users(np.full(preset.new_users_per_day, day), day_rng)
+        apps, users = grow_world(world, preset, day, seed)
         if day == 0:
             apps, users = initial_apps + apps, initial_users + users
         apps_partition = _Partition(lake.raw_apps(date))
@@ -211,9 +233,7 @@ def generate_world(
         is_last = day == preset.days - 1
         for chunk, lo in enumerate(range(0, world.n_users, preset.chunk_users)):
             hi = min(lo + preset.chunk_users, world.n_users)
-            events = simulate_chunk(
-                world, lo, hi, day, policy, _rng(seed, 2, day, chunk), preset.activity_scale
-            )
+            events = simulate_day_chunk(world, preset, lo, hi, day, policy, seed, chunk)
             line_rng = _rng(seed, 3, day, chunk)
             own, own_types, late_out = split_late(
                 formatter.format(events, lo, hi, line_rng),
