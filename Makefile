@@ -46,8 +46,11 @@ benchmark: $(STAMP) ## Run the benchmarks; JSON and Markdown under results/
 airflow-standalone: $(STAMP) ## Start Airflow (api-server, scheduler, ...) with this project's AIRFLOW_HOME
 	eval "$$($(BIN)/pe airflow-env)" && $(BIN)/airflow standalone
 
+jobs-zip: $(STAMP) ## Package jobs/ and personalization/ for spark-submit --py-files (dist/personalization-jobs.zip)
+	$(BIN)/python scripts/build_jobs_zip.py dist/personalization-jobs.zip
+
 clean-var: ## Delete generated data, MLflow store, serving DB and Airflow DB (var/)
 	rm -rf var
 
-clean: clean-var ## Also delete .venv and results
-	rm -rf $(VENV) results
+clean: clean-var ## Also delete .venv, results and dist
+	rm -rf $(VENV) results dist

@@ -442,3 +442,9 @@ def main(config: Config, date: str, spark: SparkSession | None = None) -> dict:
         io.delete_path(spark, scratch)
     log.info("features %s: %s", as_of, result)
     return result
+
+
+if __name__ == "__main__":
+    from jobs import submit
+
+    raise SystemExit(submit.run("build_features", main))

@@ -344,3 +344,9 @@ def _empty_events_schema(spark: SparkSession, lake: Lake):
             T.StructField(C.EVENT_DATE, T.DateType()),
         ]
     )
+
+
+if __name__ == "__main__":
+    from jobs import submit
+
+    raise SystemExit(submit.run("build_profiles", main))

@@ -404,3 +404,9 @@ def main(config: Config, date: str, spark: SparkSession | None = None, log_mlflo
         "mlflow_run_id": run_id,
         "k_curve": {str(k): v for k, v in sorted(scores.items())},
     }
+
+
+if __name__ == "__main__":
+    from jobs import submit
+
+    raise SystemExit(submit.run("build_segments", main))

@@ -580,3 +580,9 @@ def main(config: Config, date: str, spark: SparkSession | None = None, run_expec
         "report_path": report_path,
         "gx_success": report.get("expectations", {}).get("success"),
     }
+
+
+if __name__ == "__main__":
+    from jobs import submit
+
+    raise SystemExit(submit.run("validate_raw_events", main))
