@@ -397,8 +397,11 @@ def build_popularity(
 
 
 # -------------------------------------------------------------------- main
-def main(config: Config, date: str, spark: SparkSession | None = None) -> dict:
-    """Build the four feature tables of ``date``; return their paths and row counts."""
+def main(config: Config, date: str, spark: SparkSession | None = None, known_by: str | None = None) -> dict:
+    """Build the four feature tables of ``date``; return their paths and row counts.
+
+    ``known_by`` (default D): use events landed up to that date, to restate D with late arrivals.
+    """
     as_of = check_date(date)
     spark = spark or get_spark(config, "build_features")
     lake = Lake(config)
@@ -409,14 +412,14 @@ def main(config: Config, date: str, spark: SparkSession | None = None) -> dict:
         raise FileNotFoundError(f"gold/profiles/date={as_of} is missing: run build_profiles first")
     segments = io.read_partition(spark, lake.gold("segments"), "date", as_of)
     window_days = config.profiles.window_days
-    raw_events = read_events_window(spark, lake, as_of, window_days + ASOF_POPULARITY_DAYS)
+    raw_events = read_events_window(spark, lake, as_of, window_days + ASOF_POPULARITY_DAYS, known_by)
     if raw_events is None:
         from jobs.build_profiles import _empty_events_schema
 
         raw_events = spark.createDataFrame([], _empty_events_schema(spark, lake))
     # Materialised once (as scratch Parquet) and cut from its lineage: four tables aggregate it.
     scratch = lake.gold(f"_staging/features/date={as_of}")
-    consented = consented_events(raw_events, users, read_consent_changes(spark, lake, as_of))
+    consented = consented_events(raw_events, users, read_consent_changes(spark, lake, as_of, known_by))
     events = io.stage(consented.select(*EVENT_COLUMNS_USED), scratch)
     try:
         half_life = config.features.popularity_half_life_days

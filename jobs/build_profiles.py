@@ -301,19 +301,22 @@ def build_profiles(
     )
 
 
-def main(config: Config, date: str, spark: SparkSession | None = None) -> dict:
-    """Build ``gold/profiles/date=D``; return its path and row count."""
+def main(config: Config, date: str, spark: SparkSession | None = None, known_by: str | None = None) -> dict:
+    """Build ``gold/profiles/date=D``; return its path and row count.
+
+    ``known_by`` (default D): use events landed up to that date, to restate D with late arrivals.
+    """
     as_of = check_date(date)
     spark = spark or get_spark(config, "build_profiles")
     lake = Lake(config)
     users = read_snapshot(spark, lake, "users", as_of)
     apps = read_snapshot(spark, lake, "apps", as_of)
-    events = read_events_window(spark, lake, as_of, config.profiles.window_days)
+    events = read_events_window(spark, lake, as_of, config.profiles.window_days, known_by)
     if events is None:  # no events at all yet: every user is a cold start
         events = spark.createDataFrame([], _empty_events_schema(spark, lake))
     scratch = lake.gold(f"_staging/profiles/date={as_of}")
     profiles = build_profiles(
-        events, users, apps, read_consent_changes(spark, lake, as_of), as_of,
+        events, users, apps, read_consent_changes(spark, lake, as_of, known_by), as_of,
         config.profiles.window_days, config.profiles.half_life_days,
         materialise=lambda df: io.stage(df, scratch),
     )

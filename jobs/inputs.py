@@ -33,22 +33,31 @@ def window_start(as_of: str, days: int) -> str:
     return (dt.date.fromisoformat(check_date(as_of)) - dt.timedelta(days=days - 1)).isoformat()
 
 
-def read_events_window(spark: SparkSession, lake: Lake, as_of: str, days: int) -> DataFrame | None:
-    """Silver events with event_date in the ``days`` days ending ``as_of``, landed by ``as_of``."""
+def read_events_window(spark: SparkSession, lake: Lake, as_of: str, days: int,
+                       known_by: str | None = None) -> DataFrame | None:
+    """Silver events with event_date in the ``days`` days ending ``as_of``, landed by ``known_by``.
+
+    ``known_by`` defaults to ``as_of`` (what was known that night); a later date restates
+    the partition with events that arrived late (see ``personalization.late_arrivals``).
+    """
     events = io.read_partitions_between(spark, lake.silver("events"), C.EVENT_DATE, window_start(as_of, days), as_of)
     if events is None:
         return None
-    return events.where(F.col(C.LANDING_DATE) <= F.lit(as_of).cast("date"))
+    return events.where(F.col(C.LANDING_DATE) <= F.lit(check_date(known_by or as_of)).cast("date"))
 
 
-def read_consent_changes(spark: SparkSession, lake: Lake, as_of: str) -> DataFrame:
-    """Every consent_change event landed by ``as_of`` (all history: a withdrawal never expires)."""
+def read_consent_changes(spark: SparkSession, lake: Lake, as_of: str, known_by: str | None = None) -> DataFrame:
+    """Every consent_change event up to ``as_of`` landed by ``known_by`` (default ``as_of``).
+
+    All history: a withdrawal never expires.
+    """
     last = (dt.date.fromisoformat(check_date(as_of)) + dt.timedelta(days=1)).isoformat()
     events = io.read_partitions_between(spark, lake.silver("events"), C.EVENT_DATE, None, last)
     if events is None:
         return spark.createDataFrame([], CONSENT_CHANGE_SCHEMA)
     return events.where(
-        (F.col(C.EVENT_TYPE) == "consent_change") & (F.col(C.LANDING_DATE) <= F.lit(as_of).cast("date"))
+        (F.col(C.EVENT_TYPE) == "consent_change")
+        & (F.col(C.LANDING_DATE) <= F.lit(check_date(known_by or as_of)).cast("date"))
     ).select(*CONSENT_CHANGE_SCHEMA.fieldNames())
 
 

@@ -85,6 +85,18 @@ def validate_raw_events(config: Config, date: str) -> dict[str, Any]:
     return _timed("validate_raw_events", config, date, lambda: job.main(config, date))
 
 
+def recompute_late_partitions(config: Config, date: str, validate_result: dict[str, Any] | None = None
+                              ) -> dict[str, Any]:
+    """Rebuild earlier profiles and features that tonight's late-arriving events made stale."""
+    from personalization.late_arrivals import recompute_late_partitions as recompute
+
+    validate_result = validate_result or read_record(config, date, "validate_raw_events")
+    if validate_result is None:
+        raise RuntimeError(f"no validate_raw_events record for {date}: run validate_raw_events first")
+    late = list(validate_result.get("late_event_dates", []))
+    return _timed("recompute_late_partitions", config, date, lambda: recompute(config, date, late))
+
+
 def build_profiles(config: Config, date: str) -> dict[str, Any]:
     from jobs import build_profiles as job
 
@@ -148,7 +160,6 @@ def publish_serving(config: Config, date: str, score_result: dict[str, Any] | No
             tables=tables,
             model_version=str(score_result.get("model_version", "unknown")),
             expected=score_result.get("expected", {}),
-            user_map=load_user_map(config, date),  # the lake's pseudonyms -> the app's user ids
         )
 
     return _timed("publish_serving", config, date, work)
@@ -156,13 +167,11 @@ def publish_serving(config: Config, date: str, score_result: dict[str, Any] | No
 
 def validate_serving(config: Config, date: str, publish_result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check the live serving tables after the switch."""
-    from personalization.privacy import load_user_map
     from personalization.serving.publish import validate_serving as check
 
     score_result = read_record(config, date, "score_users") or {}
     return _timed(
-        "validate_serving", config, date,
-        lambda: check(config, date, expected=score_result.get("expected", {}), user_map=load_user_map(config, date)),
+        "validate_serving", config, date, lambda: check(config, date, expected=score_result.get("expected", {}))
     )
 
 
