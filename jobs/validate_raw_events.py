@@ -9,6 +9,10 @@ Pure transforms (no paths): :func:`parse_lines`, :func:`assign_reasons`,
   (late arrivals are merged into their own partition: rows of other landing
   dates are kept, rows of landing date D are replaced, so a rerun is idempotent),
 - ``silver/users/date=D`` and ``silver/apps/date=D`` snapshots,
+- ``silver/user_pseudonyms/date=D`` (pseudonym -> app user id of every user known
+  on D) when ``privacy.pseudonymise_user_ids`` is on: then every ``user_id`` written
+  to silver is the keyed pseudonym (:mod:`jobs.pseudonyms`), while the quarantine
+  keeps the defective lines as received, like the raw zone,
 - ``reports/validation/date=D/report.json`` and Data Docs under ``reports/data_docs``,
 
 and raises :class:`DataQualityError` when the bad rate exceeds
@@ -32,9 +36,11 @@ from pyspark.sql import types as T
 from jobs import columns as C
 from jobs import io
 from jobs.inputs import read_consent_changes
+from jobs.pseudonyms import pseudonymise_users, user_pseudonyms
 from jobs.spark import get_spark
 from personalization.config import Config
 from personalization.lake import Lake, check_date
+from personalization.privacy import PSEUDONYM_TABLE, lake_key
 
 log = logging.getLogger(__name__)
 
@@ -468,6 +474,7 @@ def main(config: Config, date: str, spark: SparkSession | None = None, run_expec
     staging = lake.silver(f"_staging/validate/landing_date={landing}")
     io.delete_path(spark, staging)
 
+    key = lake_key(config)  # None: pseudonymisation is off, the lake keeps the app's ids
     raw_users = read_raw_reference(spark, lake.raw_users(), schemas["raw_users"], landing)
     raw_apps = read_raw_reference(spark, lake.raw_apps(), schemas["raw_apps"], landing)
     known_users = raw_users.select(C.USER_ID).where(~_blank(C.USER_ID)).distinct()
@@ -515,9 +522,11 @@ def main(config: Config, date: str, spark: SparkSession | None = None, run_expec
         quarantine_records(flagged), lake.silver("quarantine"), C.LANDING_DATE, landing
     )
     clean_stage = f"{staging}/clean"
-    normalise_events(flagged.where(F.col(C.REASON).isNull()), landing).write.mode("overwrite").partitionBy(
-        C.EVENT_DATE
-    ).parquet(clean_stage)
+    clean_rows = flagged.where(F.col(C.REASON).isNull())
+    if key:
+        # Before normalising, so the generated session ids derive from the pseudonym too.
+        clean_rows = pseudonymise_users(clean_rows, key)
+    normalise_events(clean_rows, landing).write.mode("overwrite").partitionBy(C.EVENT_DATE).parquet(clean_stage)
     event_dates = io.list_partitions(spark, clean_stage, C.EVENT_DATE)
     clean = io.read_partitions(spark, clean_stage, C.EVENT_DATE, event_dates)
     passed = bad_rate <= config.validation.max_bad_rate
@@ -540,9 +549,12 @@ def main(config: Config, date: str, spark: SparkSession | None = None, run_expec
             )
         # Consent changes landed up to D (any event date), now including this batch.
         consent_events = read_consent_changes(spark, lake, landing)
+        lake_users = pseudonymise_users(raw_users, key) if key else raw_users
         users_path = io.write_partition(
-            users_snapshot(raw_users, consent_events), lake.silver("users"), "date", landing
+            users_snapshot(lake_users, consent_events), lake.silver("users"), "date", landing
         )
+        if key:
+            io.write_partition(user_pseudonyms(raw_users, key), lake.silver(PSEUDONYM_TABLE), "date", landing)
         apps_path = io.write_partition(apps_snapshot(raw_apps), lake.silver("apps"), "date", landing)
 
     report: dict[str, Any] = {
@@ -558,7 +570,8 @@ def main(config: Config, date: str, spark: SparkSession | None = None, run_expec
         "clean_by_event_date": dict(sorted(clean_rows_by_date.items())),
     }
     if run_expectations_suites and clean is not None:
-        aggregates = batch_aggregates(clean, known_users, catalogue)
+        lake_known_users = pseudonymise_users(known_users, key) if key else known_users
+        aggregates = batch_aggregates(clean, lake_known_users, catalogue)
         reports_root = lake.root + "/reports"
         report["expectations"] = run_expectations(clean, aggregates, reports_root, run_name=landing)
     report_path = io.write_json(spark, f"{lake.report('validation', landing)}/report.json", report)

@@ -852,6 +852,9 @@ def sim_truth_correlation(config: Config, user_ids: Sequence[str], churn: np.nda
     candidates = [name for name in truth.columns if "churn" in name.lower()]
     if C.USER_ID not in truth.columns or not candidates:
         return None
+    from personalization.privacy import lake_user_ids
+
+    truth[C.USER_ID] = lake_user_ids(config, truth[C.USER_ID].astype(str))  # the simulator keeps the app's ids
     mine = pd.DataFrame({C.USER_ID: list(user_ids), "churn_risk": churn})[mask]
     joined = mine.merge(truth[[C.USER_ID, candidates[0]]], on=C.USER_ID)
     if len(joined) < 3:

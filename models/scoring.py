@@ -332,8 +332,10 @@ def load_deleted_users(config: Config, extra: Sequence[str] | None = None) -> se
     if ins.path_exists(path):
         filesystem, inner = ins._fs(path)
         dataset = ds.dataset(inner, format="parquet", filesystem=filesystem, partitioning="hive")
-        if C.USER_ID in dataset.schema.names:
-            deleted |= {str(u) for u in dataset.to_table(columns=[C.USER_ID]).column(0).to_pylist()}
+        # user_id is the app's id; "pseudonym" the lake's id of the same user (what gold/profiles holds).
+        for column in (C.USER_ID, "pseudonym"):
+            if column in dataset.schema.names:
+                deleted |= {str(u) for u in dataset.to_table(columns=[column]).column(0).to_pylist() if u}
     return deleted
 
 

@@ -229,11 +229,18 @@ class ServingConfig:
 
 @dataclass
 class PrivacyConfig:
+    #: User ids inside the lake and models are keyed HMACs of the app's ids (serving maps back).
+    pseudonymise_user_ids: bool = True
     #: Key for keyed-HMAC pseudonymisation; read from the environment, never committed.
     hmac_key: str = ""
+    #: Airflow connection whose password is the key (used when hmac_key is empty).
+    hmac_conn_id: str = ""
+    #: Without a key or connection, a random key is generated once into this 0600 file.
+    hmac_key_file: str = "var/secrets/hmac.key"
     raw_retention_days: int = 400
     aggregate_retention_days: int = 400
     model_retention_days: int = 90
+    #: Laplace noise on published aggregate counts (epsilon-DP per count); 0 disables it.
     dp_epsilon: float = 0.0
 
 

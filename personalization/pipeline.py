@@ -160,6 +160,7 @@ def publish_serving(config: Config, date: str, score_result: dict[str, Any] | No
             tables=tables,
             model_version=str(score_result.get("model_version", "unknown")),
             expected=score_result.get("expected", {}),
+            user_map=load_user_map(config, date),  # the lake's pseudonyms -> the app's user ids
         )
 
     return _timed("publish_serving", config, date, work)
@@ -167,11 +168,13 @@ def publish_serving(config: Config, date: str, score_result: dict[str, Any] | No
 
 def validate_serving(config: Config, date: str, publish_result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check the live serving tables after the switch."""
+    from personalization.privacy import load_user_map
     from personalization.serving.publish import validate_serving as check
 
     score_result = read_record(config, date, "score_users") or {}
     return _timed(
-        "validate_serving", config, date, lambda: check(config, date, expected=score_result.get("expected", {}))
+        "validate_serving", config, date,
+        lambda: check(config, date, expected=score_result.get("expected", {}), user_map=load_user_map(config, date)),
     )
 
 

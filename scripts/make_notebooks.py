@@ -99,10 +99,13 @@ publish_log.head()"""),
 user_id = pd.read_sql("SELECT MIN(user_id) AS u FROM recommendations WHERE surface = 'for_you'", engine)["u"][0]
 profiles = pd.read_parquet(lake.partition(lake.gold("profiles"), date))
 segments = pd.read_parquet(lake.partition(lake.gold("segments"), date))
-print("user:", user_id)
-profiles[profiles["user_id"] == user_id].T.head(40)"""),
+from personalization.privacy import lake_user_ids
+
+lake_id = lake_user_ids(config, [user_id])[0]  # the lake and models know users by a keyed pseudonym
+print("user:", user_id, "lake id:", lake_id)
+profiles[profiles["user_id"] == lake_id].T.head(40)"""),
     new_code_cell("""\
-segments[segments["user_id"] == user_id]"""),
+segments[segments["user_id"] == lake_id]"""),
     new_code_cell("""\
 from sqlalchemy import text
 insights = pd.read_sql(text("SELECT * FROM user_insights WHERE user_id = :u"), engine, params={"u": user_id})

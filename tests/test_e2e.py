@@ -73,12 +73,18 @@ def test_second_run_is_idempotent(nightly_run: dict) -> None:
 
 
 def _silver_events(root: Path, date: str):
+    """Validated events up to ``date`` with the app's user ids (silver holds pseudonyms: map them back)."""
     import pandas as pd
 
-    events_root = root / "var" / "lake" / "silver" / "events"
-    frames = [pd.read_parquet(part) for part in sorted(events_root.glob("event_date=*"))
+    silver = root / "var" / "lake" / "silver"
+    mapping = pd.read_parquet(silver / "user_pseudonyms" / f"date={date}")
+    app_ids = dict(zip(mapping["user_id"], mapping["app_user_id"], strict=True))
+    frames = [pd.read_parquet(part) for part in sorted((silver / "events").glob("event_date=*"))
               if part.name.split("=", 1)[1] <= date]
-    return pd.concat(frames, ignore_index=True), events_root / f"event_date={date}"
+    events = pd.concat(frames, ignore_index=True)
+    today = pd.read_parquet(silver / "events" / f"event_date={date}")
+    assert not set(events["user_id"]) - set(app_ids), "every pseudonym in silver has a mapping row"
+    return events.assign(user_id=events["user_id"].map(app_ids)), today.assign(user_id=today["user_id"].map(app_ids))
 
 
 def test_every_active_user_gets_n_fresh_recommendations(nightly_run: dict) -> None:
@@ -89,8 +95,7 @@ def test_every_active_user_gets_n_fresh_recommendations(nightly_run: dict) -> No
     root, date = nightly_run["root"], nightly_run["world"]["last_date"]
     config = load_config(environ={"PE_ROOT": str(root)})
     top_n = config.scoring.top_n
-    events, today_partition = _silver_events(root, date)
-    today = pd.read_parquet(today_partition)
+    events, today = _silver_events(root, date)
     active_users = set(today["user_id"])
     assert active_users, "the tiny world must have activity on its last day"
 
@@ -107,7 +112,7 @@ def test_every_active_user_gets_n_fresh_recommendations(nightly_run: dict) -> No
     app_events = events[events["event_type"].isin(["install", "uninstall"])].sort_values("ts")
     last_action = app_events.groupby(["user_id", "app_id"])["event_type"].last()
     installed = set(last_action[last_action == "install"].index)
-    shown = set(zip(recs["user_id"], recs["app_id"]))
+    shown = set(zip(recs["user_id"], recs["app_id"], strict=True))
     assert not (shown & installed), sorted(shown & installed)[:5]
 
 

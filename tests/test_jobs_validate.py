@@ -18,8 +18,11 @@ from pyspark.sql import functions as F
 from jobs import columns as C
 from jobs import validate_raw_events as V
 from personalization.config import load_config
+from personalization.privacy import pseudonymise
 
 D1, D2 = "2026-10-01", "2026-10-02"
+#: A fixed pseudonymisation key: silver holds pseudonymise(app id, KEY) as user_id.
+KEY = "test-hmac-key"
 
 
 def _line(**fields) -> str:
@@ -113,6 +116,7 @@ def _config(root: Path, max_bad_rate: float = 1.0):
         overrides={
             "paths": {"root": str(root), "lake_root": str(root / "lake")},
             "validation": {"max_bad_rate": max_bad_rate},
+            "privacy": {"hmac_key": KEY},
         },
         environ={},
     )
@@ -180,7 +184,8 @@ def test_partition_placement_and_normalisation(spark, lake):
         ),
         C.EVENT_ID,
     )
-    e2_session = "s-" + hashlib.sha256(b"u2|2026-10-01T23").hexdigest()[:16]
+    # the generated session id derives from the pseudonym, never the app's id
+    e2_session = "s-" + hashlib.sha256(f"{pseudonymise('u2', KEY)}|2026-10-01T23".encode()).hexdigest()[:16]
     assert got == [
         # 10:00Z is 12:00 in Berlin (CEST), Thursday
         ("e1", D1, D1, False, "2026-10-01 10:00:00", 12, 4, "afternoon", "phone", "s1"),
@@ -192,6 +197,7 @@ def test_partition_placement_and_normalisation(spark, lake):
         ("e9b", "2026-10-03", D2, False, "2026-10-03 00:30:00", 2, 6, "night", "phone", "s3"),
     ]
     assert C.IP not in events.columns
+    assert {r[C.USER_ID] for r in events.select(C.USER_ID).collect()} == {pseudonymise(u, KEY) for u in ("u1", "u2")}
     partitions = sorted(p.name for p in (root / "lake" / "silver" / "events").iterdir() if p.name.startswith("event"))
     assert partitions == [f"event_date={D1}", f"event_date={D2}", "event_date=2026-10-03"]
 
@@ -205,7 +211,11 @@ def test_users_and_apps_snapshots(spark, lake):
         C.USER_ID,
     )
     # u3 signs up on 10-03: not in the 10-02 snapshot; u2 withdrew behavioural consent
-    assert got == [("u1", True, True, True, None, D1), ("u2", False, True, False, "2026-10-02 09:00", D1)]
+    assert sorted(got) == sorted([(pseudonymise("u1", KEY), True, True, True, None, D1),
+                                  (pseudonymise("u2", KEY), False, True, False, "2026-10-02 09:00", D1)])
+    mapping = spark.read.parquet(str(root / "lake" / "silver" / "user_pseudonyms" / f"date={D2}"))
+    assert sorted(tuple(r) for r in mapping.collect()) == sorted(
+        [(pseudonymise(u, KEY), u) for u in ("u1", "u2")])  # u3 signs up on 10-03
     apps = spark.read.parquet(str(root / "lake" / "silver" / "apps" / f"date={D2}"))
     assert _rows(apps.select(C.APP_ID, F.col(C.RELEASE_DATE).cast("string")), C.APP_ID) == [("a1", D1)]
 

@@ -13,6 +13,10 @@ Stores covered (see each module for the details):
 ``mlflow``      pickled Recommenders, text artifacts and checkpoints
 ==============  ==========================================================
 
+Every store is searched for the requested (app) ids and for their pseudonyms
+(:mod:`personalization.data_rights.aliases`: the current key and every
+``silver/user_pseudonyms`` row); hits are reported under the requested id.
+
 Kept on purpose, and reported by :func:`verify_deleted` under ``retained``:
 the ``audit_log`` rows (who asked for what, when) and the tombstone
 ``silver/deleted_users`` that keeps deleted users out of later runs.

@@ -9,6 +9,7 @@ from typing import Any
 
 from personalization.config import Config
 from personalization.data_rights import files, lake_store, mlflow_store, redis_store, serving_store
+from personalization.data_rights.aliases import resolve_aliases
 from personalization.data_rights.common import STORES, audit, utc_now
 from personalization.data_rights.ids import (
     MAX_IDS_PER_REQUEST,
@@ -48,14 +49,18 @@ def delete_users(
     """
     ids = validate_request_ids(user_ids)
     actor = validate_actor(requested_by)
-    matcher = IdMatcher(ids)
+    aliases = resolve_aliases(config, ids)  # the pseudonyms the lake and models know them by
+    matcher = IdMatcher(ids, aliases)
+    tokens = sorted(matcher.ids)
     request_id = uuid.uuid4().hex
     deleted_at = utc_now()
     log.warning("privacy: deleting %d user(s), request %s by %s", len(ids), request_id, actor)
-    tombstone = lake_store.write_tombstone(config, ids, request_id, deleted_at)
+    tombstone = lake_store.write_tombstone(config, ids, request_id, deleted_at, aliases)
     try:
-        serving = serving_store.purge_serving(config, ids)
-        redis = redis_store.purge_redis(config, ids, redis_prefix)
+        # Serving and Redis hold the app's ids; the pseudonyms are searched too (a lake-side id must never
+        # have reached them, and if one did it goes as well).
+        serving = serving_store.purge_serving(config, tokens)
+        redis = redis_store.purge_redis(config, tokens, redis_prefix)
         raw = lake_store.purge_raw(config, matcher)
         parquet = lake_store.purge_parquet(config, matcher)
         reports = lake_store.purge_reports(config, matcher)
@@ -72,8 +77,8 @@ def delete_users(
     sources: dict[str, Any] = {
         "raw": raw.by_user,
         **{zone: parquet.get(zone, empty).by_user for zone in ("silver", "quarantine", "gold", "lake_other")},
-        "serving_db": serving["by_user"],
-        "redis": redis["by_user"],
+        "serving_db": matcher.fold(serving["by_user"]),
+        "redis": matcher.fold(redis["by_user"]),
         "mlflow": models["by_user"],
     }
     by_user = _per_user(ids, sources)
@@ -113,7 +118,7 @@ def verify_deleted(config: Config, user_ids: list[str], *, redis_prefix: str = R
     the records kept on purpose (not hits).
     """
     ids = validate_request_ids(user_ids)
-    matcher = IdMatcher(ids)
+    matcher = IdMatcher(ids, resolve_aliases(config, ids))  # the app's ids and their pseudonyms
     lake = lake_store.scan_lake(config, matcher)
     serving = serving_store.scan_serving(config, matcher)
     redis = redis_store.scan_redis(config, matcher, redis_prefix)

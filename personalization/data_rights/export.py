@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from personalization import storage
 from personalization.config import Config
 from personalization.data_rights import files, lake_store, serving_store
+from personalization.data_rights.aliases import resolve_aliases
 from personalization.data_rights.common import audit, partitions, utc_now
 from personalization.data_rights.ids import IdMatcher, validate_actor
 from personalization.lake import Lake
@@ -64,8 +65,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _user_rows(table_prefix: str, user_id: str, selected: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
-    """The user's rows in the ``selected`` partitions of a Parquet table, with the partition column added."""
+def _user_rows(table_prefix: str, user_id: str, selected: list[tuple[str, str, str]],
+               lake_ids: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """The user's rows in the ``selected`` partitions of a Parquet table, with the partition column added.
+
+    Rows are found by any of ``lake_ids`` (the app's id and its pseudonyms; default the id
+    alone) and their ``user_id`` is shown as the app's id: the pseudonym is an internal key.
+    """
+    lake_ids = lake_ids or frozenset([user_id])
+    wanted = pa.array(sorted(lake_ids), type=pa.string())
     rows: list[dict[str, Any]] = []
     for folder, column, value in selected:
         for uri in files.list_files(f"{table_prefix}/{folder}"):
@@ -75,11 +83,13 @@ def _user_rows(table_prefix: str, user_id: str, selected: list[tuple[str, str, s
                 if "user_id" not in pq.read_schema(path).names:
                     continue
                 # The filter lets Parquet statistics skip row groups that cannot hold the user.
-                table = pq.read_table(path, filters=[("user_id", "=", user_id)], coerce_int96_timestamp_unit="us")
-            table = table.filter(pc.equal(table.column("user_id"), pa.scalar(user_id)))
+                table = pq.read_table(path, filters=[("user_id", "in", sorted(lake_ids))],
+                                      coerce_int96_timestamp_unit="us")
+            table = table.filter(pc.fill_null(pc.is_in(table.column("user_id"), value_set=wanted), False))
             maps = {f.name for f in table.schema if pa.types.is_map(f.type)}
             for row in table.to_pylist():
                 row = {key: (dict(item) if key in maps and item is not None else item) for key, item in row.items()}
+                row["user_id"] = user_id
                 row[column] = value
                 rows.append(_jsonable(row))
     return rows
@@ -113,18 +123,19 @@ def export_user(config: Config, user_id: str, requested_by: str) -> dict[str, An
     """
     user_id = validate_user_id(user_id)
     actor = validate_actor(requested_by)
-    matcher = IdMatcher([user_id])
+    matcher = IdMatcher([user_id], resolve_aliases(config, [user_id]))
+    lake_ids = matcher.ids  # silver and gold know the user by the pseudonym
     lake = Lake(config)
 
     profiles = lake.gold("profiles")
-    profile_rows = _user_rows(profiles, user_id, partitions(profiles)[-1:])
+    profile_rows = _user_rows(profiles, user_id, partitions(profiles)[-1:], lake_ids)
     segments = lake.gold("segments")
-    segment_rows = _user_rows(segments, user_id, partitions(segments)[-1:])
+    segment_rows = _user_rows(segments, user_id, partitions(segments)[-1:], lake_ids)
     events_table = lake.silver("events")
-    events = sorted(_user_rows(events_table, user_id, partitions(events_table)),
+    events = sorted(_user_rows(events_table, user_id, partitions(events_table), lake_ids),
                     key=lambda row: (str(row.get("ts")), str(row.get("event_id"))))
     users_table = lake.silver("users")
-    current = _user_rows(users_table, user_id, partitions(users_table)[-1:])
+    current = _user_rows(users_table, user_id, partitions(users_table)[-1:], lake_ids)
 
     signups = _raw_records(lake.raw_users(), matcher, user_id)
     consent_fields = ("consent_behavioral", "consent_location", "consent_demographics", "consent_third_party")

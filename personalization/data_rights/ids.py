@@ -5,12 +5,17 @@ on both sides are not id characters (``[A-Za-z0-9_-]``), so deleting ``u1`` neve
 touches ``u10`` and the hostile-id rules of :mod:`personalization.security` make
 every id a plain literal in regular expressions, SQL ``LIKE`` patterns and Redis
 ``SCAN`` globs.
+
+A matcher may carry *aliases*: other tokens that identify the same person (the
+keyed pseudonym the lake and the models use for an app user id). Every token is
+searched, and every hit is reported under its owner, the id the request named.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from personalization.security import InvalidIdentifierError, validate_user_id
@@ -73,10 +78,18 @@ def validate_actor(requested_by: Any) -> str:
 
 
 class IdMatcher:
-    """Finds whole-token occurrences of a fixed set of validated ids in text, bytes and Arrow columns."""
+    """Finds whole-token occurrences of a fixed set of validated ids in text, bytes and Arrow columns.
 
-    def __init__(self, user_ids: Iterable[str]):
-        self.ids = frozenset(user_ids)
+    ``aliases`` maps further tokens to the id they stand for (pseudonym -> app user id).
+    ``ids`` holds every token searched; the ``find_*`` methods return owners (the ids
+    named by the request), so counts never depend on which form a store holds.
+    """
+
+    def __init__(self, user_ids: Iterable[str], aliases: Mapping[str, str] | None = None):
+        self.owner_of: dict[str, str] = {value: value for value in user_ids}
+        for token, owner in (aliases or {}).items():
+            self.owner_of.setdefault(token, owner)
+        self.ids = frozenset(self.owner_of)
         if not self.ids:
             raise ValueError("IdMatcher needs at least one id")
         ordered = sorted(self.ids, key=lambda value: (-len(value), value))
@@ -92,29 +105,44 @@ class IdMatcher:
         #: Longest id in bytes as UTF-32 plus a boundary unit: the overlap of chunked scans.
         self.overlap = 4 * (max(len(value) for value in self.ids) + 2)
 
-    def find_text(self, text: str) -> set[str]:
-        """Ids occurring as whole tokens in ``text``."""
+    def owners(self, tokens: Iterable[str]) -> set[str]:
+        """The owners of the searched ``tokens`` among ``tokens`` (others are ignored)."""
+        return {self.owner_of[token] for token in tokens if token in self.owner_of}
+
+    def fold(self, counts: Mapping[str, int]) -> Counter:
+        """Counts keyed by token -> counts keyed by owner."""
+        folded: Counter = Counter()
+        for token, count in counts.items():
+            folded[self.owner_of.get(token, token)] += int(count)
+        return folded
+
+    def tokens_in_text(self, text: str) -> set[str]:
+        """Searched tokens (ids or aliases) occurring as whole tokens in ``text``."""
         if len(self.ids) > _ALTERNATION_LIMIT:
             return set(_TOKEN.findall(text)) & self.ids
         return set(self._text.findall(text))
 
+    def find_text(self, text: str) -> set[str]:
+        """Owners of the tokens occurring as whole tokens in ``text``."""
+        return self.owners(self.tokens_in_text(text))
+
     def find_bytes(self, data: bytes) -> set[str]:
-        """Ids occurring as whole tokens in UTF-8/ASCII ``data``."""
+        """Owners of the tokens occurring as whole tokens in UTF-8/ASCII ``data``."""
         if len(self.ids) > _ALTERNATION_LIMIT:
-            return {token.decode() for token in _TOKEN_BYTES.findall(data)} & self.ids
-        return {match.decode() for match in self._bytes.findall(data)}
+            return self.owners(token.decode() for token in _TOKEN_BYTES.findall(data))
+        return self.owners(match.decode() for match in self._bytes.findall(data))
 
     def find_binary(self, data: bytes) -> set[str]:
-        """Ids in binary ``data`` as UTF-8 or UTF-32-LE tokens (pickled Python strings and numpy arrays)."""
+        """Owners of tokens in binary ``data`` as UTF-8 or UTF-32-LE (pickled Python strings, numpy arrays)."""
         found = self.find_bytes(data)
-        found |= {match.decode("utf-32-le") for match in self._utf32.findall(data)}
+        found |= self.owners(match.decode("utf-32-le") for match in self._utf32.findall(data))
         return found
 
     def redact_text(self, text: str, replacement: str = REDACTED) -> tuple[str, set[str]]:
-        """``text`` with every id token replaced, and the ids that were replaced."""
-        found = self.find_text(text)
-        if not found:
-            return text, found
+        """``text`` with every searched token replaced, and the owners whose tokens were replaced."""
+        tokens = self.tokens_in_text(text)
+        if not tokens:
+            return text, set()
         if len(self.ids) > _ALTERNATION_LIMIT:
-            return _TOKEN.sub(lambda m: replacement if m.group(0) in found else m.group(0), text), found
-        return self._text.sub(replacement, text), found
+            return _TOKEN.sub(lambda m: replacement if m.group(0) in tokens else m.group(0), text), self.owners(tokens)
+        return self._text.sub(replacement, text), self.owners(tokens)

@@ -14,9 +14,14 @@ once instead of at the next nightly run:
   wrote stays as it was.
 - ``reports/exports/<id>.json`` is deleted; other report files have the ids redacted.
 
-``silver/deleted_users`` is the tombstone: the ids and deletion times that the
-nightly scoring (``models.scoring.load_deleted_users``) and the post-publish
-re-check read. It is the one place the ids are kept on purpose.
+``silver/deleted_users`` is the tombstone: the ids (the app's id in ``user_id``, the
+lake's pseudonym in ``pseudonym``) and deletion times that the nightly scoring
+(``models.scoring.load_deleted_users``) and the post-publish re-check read. It is
+the one place the ids are kept on purpose.
+
+Rows and lines are found by any token of the matcher (the app's id or its
+pseudonym, see :mod:`personalization.data_rights.aliases`) and counted under the
+requested id; ``silver/user_pseudonyms`` rows go with the users' other rows.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from personalization.config import Config
 from personalization.data_rights import files
 from personalization.data_rights.ids import IdMatcher
 from personalization.lake import Lake
+from personalization.privacy import PSEUDONYM
 
 #: Lines handed to the vectorised (RE2) pre-filter at a time.
 LINE_BLOCK = 65_536
@@ -99,7 +105,7 @@ def _line_owners(line: bytes, matcher: IdMatcher, candidate: bool) -> set[str]:
     if isinstance(record, dict):
         owner = record.get(C.USER_ID)
         if isinstance(owner, str) and owner:
-            return {owner} & matcher.ids
+            return matcher.owners([owner])
     return matcher.find_bytes(line)
 
 
@@ -159,7 +165,7 @@ def _removal_mask(table: pa.Table, matcher: IdMatcher) -> tuple[pa.Array, Counte
         user_ids = table.column(C.USER_ID)
         hit = pc.fill_null(pc.is_in(user_ids, value_set=pa.array(sorted(matcher.ids), type=user_ids.type)), False)
         if pc.any(hit).as_py():
-            owners.update(value for value in user_ids.filter(hit).to_pylist())
+            owners.update(matcher.owner_of[value] for value in user_ids.filter(hit).to_pylist())
             remove = pc.or_(remove, hit)
     if C.RAW_RECORD in table.column_names:
         records = table.column(C.RAW_RECORD)
@@ -269,12 +275,20 @@ def purge_reports(config: Config, matcher: IdMatcher) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ tombstone
-def write_tombstone(config: Config, user_ids: list[str], request_id: str, deleted_at: dt.datetime) -> str:
-    """Append one Parquet file of ``(user_id, deleted_at, request_id)`` to the tombstone table."""
+def write_tombstone(config: Config, user_ids: list[str], request_id: str, deleted_at: dt.datetime,
+                    aliases: dict[str, str] | None = None) -> str:
+    """Append one Parquet file of ``(user_id, pseudonym, deleted_at, request_id)`` to the tombstone table.
+
+    One row per (user, alias) from ``aliases`` (``{pseudonym: user_id}``), one row with a
+    null pseudonym for a user without one, so scoring can leave out either form.
+    """
+    rows = [(owner, token) for token, owner in sorted((aliases or {}).items()) if owner in set(user_ids)]
+    rows += [(user_id, None) for user_id in user_ids if user_id not in {owner for owner, _ in rows}]
     table = pa.table({
-        C.USER_ID: pa.array(user_ids, type=pa.string()),
-        "deleted_at": pa.array([deleted_at] * len(user_ids), type=pa.timestamp("us", tz="UTC")),
-        "request_id": pa.array([request_id] * len(user_ids), type=pa.string()),
+        C.USER_ID: pa.array([owner for owner, _ in rows], type=pa.string()),
+        PSEUDONYM: pa.array([token for _, token in rows], type=pa.string()),
+        "deleted_at": pa.array([deleted_at] * len(rows), type=pa.timestamp("us", tz="UTC")),
+        "request_id": pa.array([request_id] * len(rows), type=pa.string()),
     })
     stamp = deleted_at.strftime("%Y%m%dT%H%M%S%fZ")
     uri = f"{Lake(config).root}/{TOMBSTONE}/part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"

@@ -211,7 +211,7 @@ def purge_models(config: Config, matcher: IdMatcher) -> dict[str, Any]:
                 if held:
                     with files.replacement(uri) as tmp, open(tmp, "wb") as handle:
                         pickle.dump(recommender, handle, protocol=pickle.HIGHEST_PROTOCOL)
-                    by_user.update(held)
+                    by_user.update(matcher.owners(held))  # the model may know the user by the pseudonym
                     purged.append({"artifact": uri, "model": getattr(recommender, "name", type(recommender).__name__),
                                    "rows_removed": removed, **catalogue.owner(uri)})
                 with files.local_copy(uri) as current:

@@ -151,12 +151,12 @@ def scan_serving(config: Config, matcher: IdMatcher) -> dict[str, Any]:
                 where = " OR ".join(f"{expression} LIKE :pattern ESCAPE '!'" for expression in expressions)
                 query = sa.text(f"SELECT {', '.join(expressions)} FROM {quote(table)} WHERE {where}")
                 found: Counter = Counter()
-                for user_id in ids:
-                    # LIKE narrows to substrings (one query per id, each row read once); the token
-                    # check then drops neighbours such as u1 inside u10.
-                    rows = connection.execute(query, {"pattern": _like_pattern(user_id)})
-                    found[user_id] += sum(
-                        1 for row in rows if any(user_id in matcher.find_text(str(v)) for v in row if v is not None))
+                for token in ids:
+                    # LIKE narrows to substrings (one query per token, each row read once); the token
+                    # check then drops neighbours such as u1 inside u10. Hits count under the owner.
+                    rows = connection.execute(query, {"pattern": _like_pattern(token)})
+                    found[matcher.owner_of[token]] += sum(
+                        1 for row in rows if any(token in matcher.tokens_in_text(str(v)) for v in row if v is not None))
                 found = +found  # drop zero counts
                 if table == AUDIT_TABLE:
                     retained.update(found)

@@ -74,6 +74,8 @@ class Expectations:
     exclusions: IdSource = field(default_factory=list)
     #: Minimum row count per table (an empty nightly publish is a broken scoring run).
     min_rows: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIN_ROWS))
+    #: ``personalization.privacy.UserIdMap``: the sets above hold the lake's pseudonyms, serving the app's ids.
+    user_map: Any = None
 
 
 DEFAULT_MIN_ROWS = {"recommendations": 1, "user_insights": 1}
@@ -106,7 +108,7 @@ def iter_ids(source: IdSource | None, columns: tuple[str, ...]) -> Iterator[tupl
             yield (str(item),)
 
 
-def expectations_from(config: Config, expected: dict[str, Any] | None) -> Expectations:
+def expectations_from(config: Config, expected: dict[str, Any] | None, user_map: Any = None) -> Expectations:
     """Build :class:`Expectations` from the pipeline's ``expected`` dict.
 
     Keys (all optional): ``top_n`` (default ``config.scoring.top_n``), ``active_users``,
@@ -134,6 +136,7 @@ def expectations_from(config: Config, expected: dict[str, Any] | None) -> Expect
         denylist=denylist,
         exclusions=expected.get("exclusions") or [],
         min_rows=min_rows,
+        user_map=user_map,
     )
 
 
@@ -293,10 +296,15 @@ def run_checks(
         # Sorts and hash aggregates of the group checks stay in memory (about 40% faster at 1M rows).
         connection.exec_driver_sql(f"SET LOCAL work_mem = '{CHECK_WORK_MEM}'")
     _drop_temps(connection)
-    _load_temp(connection, "pe_check_active_users", iter_ids(expectations.active_users, ("user_id",)))
-    _load_temp(connection, "pe_check_deleted_users", iter_ids(expectations.deleted_users, ("user_id",)))
+
+    def users(rows: Iterator[tuple[str, ...]]) -> Iterator[tuple[str, ...]]:
+        # Pseudonyms become app ids; ids already in the app's form (deleted users) pass unchanged.
+        return rows if expectations.user_map is None else expectations.user_map.map_rows(rows)
+
+    _load_temp(connection, "pe_check_active_users", users(iter_ids(expectations.active_users, ("user_id",))))
+    _load_temp(connection, "pe_check_deleted_users", users(iter_ids(expectations.deleted_users, ("user_id",))))
     _load_temp(connection, "pe_check_denylist", iter_ids(expectations.denylist, ("app_id",)))
-    _load_temp(connection, "pe_check_exclusions", iter_ids(expectations.exclusions, ("user_id", "app_id")))
+    _load_temp(connection, "pe_check_exclusions", users(iter_ids(expectations.exclusions, ("user_id", "app_id"))))
     params = {"date": date, "top_n": expectations.top_n}
     reasons: list[str] = []
     try:

@@ -6,6 +6,10 @@ columns; each batch is converted to the table's logical types and written:
 PostgreSQL through one ``COPY ... FROM STDIN (FORMAT csv)`` fed by a streaming
 reader, SQLite with ``executemany`` inside the caller's transaction. Memory is
 bounded by one batch, whatever the table size.
+
+With a :class:`personalization.privacy.UserIdMap`, ``user_id`` columns are mapped
+from the lake's pseudonyms back to the app's ids on the way in (an unknown
+pseudonym fails the load: serving never shows a pseudonym).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,6 +28,9 @@ from sqlalchemy.engine import Connection
 
 from personalization.serving.db import dialect_of
 from personalization.serving.schema import TableSpec, physical_name
+
+if TYPE_CHECKING:
+    from personalization.privacy import UserIdMap
 
 #: Rows per record batch (about 10 MB for the widest table).
 BATCH_ROWS = 50_000
@@ -74,7 +81,8 @@ def _as_json_text(array: pa.Array, stats: LoadStats) -> pa.Array:
 
 
 def convert_batch(
-    batch: pa.RecordBatch, table: TableSpec, fill: dict[str, Any], stats: LoadStats, source: str
+    batch: pa.RecordBatch, table: TableSpec, fill: dict[str, Any], stats: LoadStats, source: str,
+    user_map: UserIdMap | None = None,
 ) -> pa.RecordBatch:
     """One batch in the table's column order and logical types.
 
@@ -95,6 +103,8 @@ def convert_batch(
         try:
             if column.kind == "text":
                 array = _as_text(array)
+                if user_map is not None and column.name == "user_id":
+                    array = user_map.map_array(array)
             elif column.kind == "int":
                 array = pc.cast(array, pa.int64())
             elif column.kind == "real":
@@ -110,7 +120,8 @@ def convert_batch(
     return pa.RecordBatch.from_arrays(arrays, names=list(table.column_names))
 
 
-def iter_batches(path: str | None, table: TableSpec, fill: dict[str, Any], stats: LoadStats) -> Iterator[pa.RecordBatch]:
+def iter_batches(path: str | None, table: TableSpec, fill: dict[str, Any], stats: LoadStats,
+                 user_map: UserIdMap | None = None) -> Iterator[pa.RecordBatch]:
     """Converted record batches of a dataset; nothing for ``path=None`` (an empty table).
 
     The dataset and its columns are checked here, eagerly, so a contract error is
@@ -132,7 +143,7 @@ def iter_batches(path: str | None, table: TableSpec, fill: dict[str, Any], stats
         for batch in dataset.to_batches(columns=columns, batch_size=BATCH_ROWS):
             if batch.num_rows:
                 stats.rows += batch.num_rows
-                yield convert_batch(batch, table, fill, stats, path)
+                yield convert_batch(batch, table, fill, stats, path, user_map)
 
     return batches()
 
@@ -171,13 +182,17 @@ class _CsvStream(io.RawIOBase):
 
 
 def load_table(
-    connection: Connection, table: TableSpec, version: int, path: str | None, fill: dict[str, Any]
+    connection: Connection, table: TableSpec, version: int, path: str | None, fill: dict[str, Any],
+    user_map: UserIdMap | None = None,
 ) -> LoadStats:
-    """Load ``path`` into ``<table>__v<version>`` (already created) inside the caller's transaction."""
+    """Load ``path`` into ``<table>__v<version>`` (already created) inside the caller's transaction.
+
+    ``user_map``: maps the lake's pseudonyms in ``user_id`` to the app's ids (None: ids as stored).
+    """
     stats = LoadStats()
     target = physical_name(table.name, version)
     columns = ", ".join(table.column_names)
-    batches = iter_batches(path, table, fill, stats)
+    batches = iter_batches(path, table, fill, stats, user_map)
     if dialect_of(connection) == "postgresql":
         stream = _CsvStream(batches)
         cursor = connection.connection.dbapi_connection.cursor()

@@ -8,6 +8,10 @@ transaction (``DROP VIEW`` + ``CREATE VIEW`` for every name, transactional DDL o
 both SQLite and PostgreSQL). Readers therefore see either the old version or the
 new one, never a mix, and a failed publish leaves the old version live.
 The last ``config.serving.keep_versions`` versions stay for instant :func:`rollback`.
+
+The lake holds pseudonymised user ids (``privacy.pseudonymise_user_ids``); the
+pipeline passes a :class:`personalization.privacy.UserIdMap` so the loaded rows and
+the checks' id sets carry the app's own user ids.
 """
 
 from __future__ import annotations
@@ -162,6 +166,7 @@ def publish(
     *,
     expected: dict[str, Any] | None = None,
     redis_prefix: str = REDIS_PREFIX,
+    user_map: Any = None,
 ) -> dict[str, Any]:
     """Build, check and atomically switch to a new serving version for ``date``.
 
@@ -174,6 +179,8 @@ def publish(
         variant_info: experiment description, recorded in publish_log's details.
         expected: see :func:`personalization.serving.checks.expectations_from`.
         redis_prefix: key prefix of the optional Redis sink.
+        user_map: a :class:`personalization.privacy.UserIdMap` from the lake's pseudonyms
+            to the app's ids (None: the datasets already hold the app's ids).
 
     Returns ``{"version", "previous_version", "generated_for", "model_version",
     "row_counts", "published_at", "pruned", "redis"}``.
@@ -189,7 +196,7 @@ def publish(
     if "recommendations" not in tables:
         raise ValueError("publish needs at least the recommendations dataset")
     variant_info = dict(variant_info or {})
-    expectations = expectations_from(config, expected)
+    expectations = expectations_from(config, expected, user_map)
     engine = make_engine(config.serving_url)
     try:
         migrate(engine)
@@ -227,7 +234,8 @@ def _publish_locked(
         with write_transaction(engine) as connection:  # the whole load in one transaction
             for name, table_spec in SERVING_TABLES.items():
                 connection.exec_driver_sql(create_table_sql(name, version, dialect))
-                stats[name] = load_table(connection, table_spec, version, tables.get(name), fill)
+                stats[name] = load_table(connection, table_spec, version, tables.get(name), fill,
+                                         expectations.user_map)
         reasons = [
             f"{name}_invalid_json: {s.invalid_json} value(s), e.g. {json.dumps(s.invalid_json_examples)}"
             for name, s in stats.items() if s.invalid_json
@@ -342,7 +350,8 @@ def rollback(config: Config, version: int | None = None, *, redis_prefix: str = 
 
 
 # --------------------------------------------------------------- validation
-def validate_serving(config: Config, date: str, expected: dict[str, Any] | None = None) -> dict[str, Any]:
+def validate_serving(config: Config, date: str, expected: dict[str, Any] | None = None,
+                     user_map: Any = None) -> dict[str, Any]:
     """Post-publish checks on the live stable names for ``date`` (the DAG's last task).
 
     Runs the pre-switch rules against the views, and checks that the live version
@@ -350,7 +359,7 @@ def validate_serving(config: Config, date: str, expected: dict[str, Any] | None 
     match what the views return. Raises :class:`ServingValidationError` on failure.
     """
     date = check_date(date)
-    expectations = expectations_from(config, expected)
+    expectations = expectations_from(config, expected, user_map)
     engine = make_engine(config.serving_url)
     try:
         migrate(engine)

@@ -1,0 +1,46 @@
+"""The other identifiers of a data subject: the keyed pseudonyms the lake and models use.
+
+A request names the app's user ids. Inside the lake, features and models the same
+people are known by ``pseudonymise(id, key)`` (see :mod:`personalization.privacy`),
+so every store is searched for both. Pseudonyms come from the current key (never
+created here: a fresh key would only yield pseudonyms no store holds) and from
+every partition of ``silver/user_pseudonyms``, which also covers pseudonyms made
+under an earlier key and requests that name a pseudonym instead of an app id.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs import columns as C
+from personalization.config import Config
+from personalization.data_rights import files
+from personalization.lake import Lake
+from personalization.privacy import APP_USER_ID, PSEUDONYM_TABLE, pseudonymise, resolve_hmac_key
+
+
+def resolve_aliases(config: Config, user_ids: list[str]) -> dict[str, str]:
+    """``{other token: requested id}`` for validated ``user_ids`` (the ids themselves are not included)."""
+    wanted = set(user_ids)
+    aliases: dict[str, str] = {}
+    key = resolve_hmac_key(config, create=False)
+    if key:
+        aliases.update({pseudonymise(user_id, key): user_id for user_id in user_ids})
+    value_set = pa.array(sorted(wanted), type=pa.string())
+    for uri in files.list_files(Lake(config).silver(PSEUDONYM_TABLE)):
+        if not uri.endswith(".parquet"):
+            continue
+        with files.local_copy(uri) as path:
+            table = pq.read_table(path, columns=[C.USER_ID, APP_USER_ID])
+        pseudonyms, app_ids = table.column(C.USER_ID), table.column(APP_USER_ID)
+        hit = pc.fill_null(pc.or_(pc.is_in(pseudonyms, value_set=value_set), pc.is_in(app_ids, value_set=value_set)),
+                           False)
+        for pseudonym, app_id in zip(pseudonyms.filter(hit).to_pylist(), app_ids.filter(hit).to_pylist(),
+                                     strict=True):
+            if app_id in wanted:
+                aliases.setdefault(pseudonym, app_id)
+            else:  # the request named the pseudonym: the app's id is its alias
+                aliases.setdefault(app_id, pseudonym)
+    return {token: owner for token, owner in aliases.items() if token and token not in wanted}
