@@ -33,7 +33,28 @@ def spark_settings(config: Config) -> dict[str, str]:
         "spark.sql.parquet.compression.codec": "snappy",
         "spark.ui.showConsoleProgress": "false",
     }
+    if config.spark.s3a_enabled:
+        settings.update(s3a_settings(os.environ.get("AWS_ENDPOINT_URL", "")))
     settings.update({str(key): str(value) for key, value in config.spark.extra.items()})
+    return settings
+
+
+def s3a_settings(endpoint: str = "") -> dict[str, str]:
+    """Hadoop settings that let Spark read and write the lake's ``s3://`` URIs through s3a.
+
+    Needs the hadoop-aws jar matching Spark's Hadoop (see README); credentials come from
+    the standard AWS chain, and every write asks for server-side encryption.
+    """
+    settings = {
+        # The lake's URIs say s3://; s3a is the maintained Hadoop connector for them.
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.aws.credentials.provider":
+            "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider",
+        "spark.hadoop.fs.s3a.encryption.algorithm": "SSE-S3",
+    }
+    if endpoint:  # an S3-compatible store (MinIO): path-style URLs on its own endpoint
+        settings["spark.hadoop.fs.s3a.endpoint"] = endpoint
+        settings["spark.hadoop.fs.s3a.path.style.access"] = "true"
     return settings
 
 

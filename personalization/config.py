@@ -57,6 +57,13 @@ class SparkConfig:
     extra: dict[str, str] = field(default_factory=dict)
     #: Airflow connection id for spark-submit; empty runs Spark in-process.
     submit_conn_id: str = ""
+    #: The packaged code spark-submit ships (``make jobs-zip``), relative to the project root.
+    submit_py_files: str = "dist/personalization-jobs.zip"
+    #: Airflow pool of the Spark tasks (``airflow pools set spark 1 ...`` limits concurrent jobs).
+    pool: str = "spark"
+    #: Spark reads and writes an ``s3://`` lake through s3a (the cluster has hadoop-aws); when
+    #: false, each stage works on a local copy synced with boto3 (personalization.staging).
+    s3a_enabled: bool = False
 
 
 @dataclass

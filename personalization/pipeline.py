@@ -43,6 +43,32 @@ SERVING_TABLES = (
     "suggested_queries",
 )
 
+#: Stages whose work is Spark's: with ``spark.s3a_enabled`` they read and write ``s3a://`` directly.
+SPARK_STAGES = ("validate_raw_events", "recompute_late_partitions", "build_profiles", "build_segments",
+                "build_features")
+_TRAINING_INPUTS = tuple(f"gold/{table}/date={{date}}"
+                         for table in ("interactions", "app_features", "user_features", "segments"))
+_PSEUDONYMS = "silver/user_pseudonyms/date={date}"
+#: Lake prefixes each stage reads (``{date}`` is the run's date). When the lake is in object
+#: storage and the stage cannot read it directly, they are copied to a local work directory
+#: first (personalization.staging). A stage not listed gets the silver and gold zones.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "validate_raw_events": ("raw/events/date={date}", "raw/users", "raw/apps", "silver/events",
+                            "reports/gx", "reports/data_docs"),
+    "build_profiles": ("silver/events", "silver/users/date={date}", "silver/apps/date={date}"),
+    "build_segments": ("gold/profiles/date={date}", "gold/segment_centroids"),
+    "build_features": ("silver/events", "silver/users/date={date}", "silver/apps/date={date}",
+                       "gold/profiles/date={date}", "gold/segments/date={date}"),
+    "train_models": _TRAINING_INPUTS,
+    "evaluate_and_promote": _TRAINING_INPUTS,
+    "score_users": ("silver/events", "silver/users/date={date}", "silver/apps/date={date}",
+                    "silver/deleted_users", _PSEUDONYMS, "raw/editorial", "gold/app_features/date={date}",
+                    "gold/profiles/date={date}", "gold/segments/date={date}", "gold/interactions/date={date}",
+                    "gold/popularity"),
+    "publish_serving": (_PSEUDONYMS, *(f"gold/{table}/date={{date}}" for table in SERVING_TABLES)),
+    "validate_serving": (_PSEUDONYMS,),
+}
+
 
 def run_record_dir(config: Config, date: str) -> Path:
     """Where each stage's JSON record for ``date`` is kept (local, under ``var/``)."""
@@ -67,11 +93,28 @@ def _record(config: Config, date: str, stage: str, result: dict[str, Any], secon
     return result
 
 
+def _needs_local_lake(config: Config, stage: str) -> bool:
+    """An ``s3://`` lake that this stage's engine cannot read in place (see personalization.staging)."""
+    from personalization.storage import is_s3
+
+    if not is_s3(config.lake_root):
+        return False
+    return not (stage in SPARK_STAGES and config.spark.s3a_enabled)
+
+
 def _timed(stage: str, config: Config, date: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     date = check_date(date)
     log.info("stage %s: starting for %s", stage, date)
     started = time.perf_counter()
-    result = work()
+    if _needs_local_lake(config, stage):
+        from personalization.staging import local_lake, relocate
+
+        lake_root = config.lake_root
+        prefixes = [p.format(date=date) for p in STAGE_INPUTS.get(stage, ("silver", "gold"))]
+        with local_lake(config, prefixes) as local_root:
+            result = relocate(work(), local_root, lake_root)
+    else:
+        result = work()
     seconds = time.perf_counter() - started
     log.info("stage %s: done for %s in %.1f s", stage, date, seconds)
     return _record(config, date, stage, result, seconds)
@@ -150,14 +193,13 @@ def publish_serving(config: Config, date: str, score_result: dict[str, Any] | No
     score_result = score_result or read_record(config, date, "score_users")
     if not score_result:
         raise RuntimeError(f"no score_users record for {date}: run score_users first")
-    lake = Lake(config)
-    tables = {name: lake.partition(lake.gold(name), date) for name in SERVING_TABLES}
 
     def work() -> dict[str, Any]:
+        lake = Lake(config)  # inside: a staged run points config at the local copy
         return publish(
             config,
             date,
-            tables=tables,
+            tables={name: lake.partition(lake.gold(name), date) for name in SERVING_TABLES},
             model_version=str(score_result.get("model_version", "unknown")),
             expected=score_result.get("expected", {}),
             user_map=load_user_map(config, date),  # the lake's pseudonyms -> the app's user ids

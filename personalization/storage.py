@@ -95,21 +95,50 @@ def exists(uri: str) -> bool:
     return Path(uri).exists()
 
 
-def list_files(prefix: str) -> Iterator[str]:
-    """Every file (object) under ``prefix``, as full URIs or paths, in sorted order."""
+def list_sizes(prefix: str) -> Iterator[tuple[str, int]]:
+    """``(uri, size in bytes)`` of every file (object) under ``prefix``, in sorted order."""
     if is_s3(prefix):
         location = S3Location.parse(prefix)
         key_prefix = location.key.rstrip("/") + "/" if location.key else ""
         paginator = s3_client().get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=location.bucket, Prefix=key_prefix):
             for item in page.get("Contents", []):
-                yield f"s3://{location.bucket}/{item['Key']}"
+                yield f"s3://{location.bucket}/{item['Key']}", int(item["Size"])
+        return
+    for path in list_files(prefix):
+        yield path, Path(path).stat().st_size
+
+
+def list_files(prefix: str) -> Iterator[str]:
+    """Every file (object) under ``prefix``, as full URIs or paths, in sorted order."""
+    if is_s3(prefix):
+        yield from (uri for uri, _ in list_sizes(prefix))
         return
     root = Path(prefix)
     if root.is_file():
         yield str(root)
     elif root.exists():
         yield from (str(path) for path in sorted(root.rglob("*")) if path.is_file())
+
+
+def download_file(uri: str, local_path: str | os.PathLike[str]) -> None:
+    """Copy an object (or file) to ``local_path``, creating its folder."""
+    target = Path(local_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if is_s3(uri):
+        location = S3Location.parse(uri)
+        s3_client().download_file(location.bucket, location.key, str(target))
+        return
+    write_bytes(str(target), Path(uri).read_bytes())
+
+
+def delete_object(uri: str) -> None:
+    """Delete one object or file (missing is fine: deletes are retried)."""
+    if is_s3(uri):
+        location = S3Location.parse(uri)
+        s3_client().delete_object(Bucket=location.bucket, Key=location.key)
+        return
+    Path(uri).unlink(missing_ok=True)
 
 
 def delete_prefix(prefix: str) -> int:
@@ -136,14 +165,10 @@ def delete_prefix(prefix: str) -> int:
 def sync_down(prefix: str, local_dir: str | os.PathLike[str]) -> int:
     """Copy every object under an ``s3://`` prefix to ``local_dir`` (same relative layout)."""
     location = S3Location.parse(prefix)
-    client = s3_client()
     base = location.key.rstrip("/") + "/" if location.key else ""
     count = 0
     for uri in list_files(prefix):
-        key = S3Location.parse(uri).key
-        target = Path(local_dir) / key[len(base):]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(location.bucket, key, str(target))
+        download_file(uri, Path(local_dir) / S3Location.parse(uri).key[len(base):])
         count += 1
     return count
 
