@@ -13,10 +13,6 @@ Pure transforms (no paths): :func:`parse_lines`, :func:`assign_reasons`,
   on D) when ``privacy.pseudonymise_user_ids`` is on: then every ``user_id`` written
   to silver is the keyed pseudonym (:mod:`jobs.pseudonyms`), while the quarantine
   keeps the defective lines as received, like the raw zone,
-- ``silver/user_pseudonyms/date=D`` (pseudonym -> app user id of every user known
-  on D) when ``privacy.pseudonymise_user_ids`` is on: then every ``user_id`` written
-  to silver is the keyed pseudonym (:mod:`jobs.pseudonyms`), while the quarantine
-  keeps the defective lines as received, like the raw zone,
 - ``reports/validation/date=D/report.json`` and Data Docs under ``reports/data_docs``,
 
 and raises :class:`DataQualityError` when the bad rate exceeds
@@ -41,11 +37,9 @@ from jobs import columns as C
 from jobs import io
 from jobs.inputs import read_consent_changes
 from jobs.pseudonyms import pseudonymise_users, user_pseudonyms
-from jobs.pseudonyms import pseudonymise_users, user_pseudonyms
 from jobs.spark import get_spark
 from personalization.config import Config
 from personalization.lake import Lake, check_date
-from personalization.privacy import PSEUDONYM_TABLE, lake_key
 from personalization.privacy import PSEUDONYM_TABLE, lake_key
 
 log = logging.getLogger(__name__)
@@ -480,7 +474,6 @@ def main(config: Config, date: str, spark: SparkSession | None = None, run_expec
     staging = lake.silver(f"_staging/validate/landing_date={landing}")
     io.delete_path(spark, staging)
 
-    key = lake_key(config)  # None: pseudonymisation is off, the lake keeps the app's ids
     key = lake_key(config)  # None: pseudonymisation is off, the lake keeps the app's ids
     raw_users = read_raw_reference(spark, lake.raw_users(), schemas["raw_users"], landing)
     raw_apps = read_raw_reference(spark, lake.raw_apps(), schemas["raw_apps"], landing)
