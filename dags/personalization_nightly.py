@@ -13,15 +13,28 @@ For the run's date `D` (the logical date, or the `date` param of a manual run):
    rules, consent, diversity, explanations, surfaces and insights.
 6. **publish_serving** then **validate_serving**: an atomic version switch in the serving DB.
 
-Every task overwrites the partition of `D`, so clearing and rerunning a date is safe.
+Every task overwrites the partition of `D`, so clearing and rerunning a date is safe, and
+`airflow backfill create --dag-id personalization_nightly --from-date A --to-date B` rebuilds a range.
 Tasks pass paths and run ids only. Configuration comes from `PE_CONFIG` / `PE_*` variables.
+
+**Trigger params** (checked against their JSON schema when the run is created, then by
+**check_params**, the first task, which fails the run before any Spark job on a bad value):
+`date` (YYYY-MM-DD, default the logical date), `scale` (the synthetic world the lake must hold),
+`models` (list of models to train), `skip_training` (score with the current champion),
+`dry_run` (everything up to scoring, nothing published).
+
+**Spark**: with `spark.submit_conn_id` set, the four Spark tasks are `SparkSubmitOperator`s that
+submit `jobs/<stage>.py --date D` with the packaged code (`make jobs-zip`,
+`spark.submit_py_files`) through that connection; otherwise they run Spark in-process.
+Either way they run in the pool `spark.pool` (default `spark`), which bounds concurrent Spark jobs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, chain, dag, task
 
 from personalization.alerts import on_failure_callback
 from personalization.assets import (
@@ -36,6 +49,7 @@ from personalization.assets import (
     SILVER_EVENTS,
     SILVER_QUARANTINE,
 )
+from personalization.run_params import PARAM_SCHEMAS
 
 DEFAULT_ARGS = {
     "owner": "personalization",
@@ -45,21 +59,71 @@ DEFAULT_ARGS = {
     # Every failed attempt leaves an alert record (serving DB `alerts`) and goes to the notifier.
     "on_failure_callback": on_failure_callback,
 }
+JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
+#: The Spark stages, in order, with the assets each one updates.
+SPARK_TASKS = (
+    ("validate_raw_events", [SILVER_EVENTS, SILVER_QUARANTINE]),
+    ("build_profiles", [GOLD_PROFILES]),
+    ("build_segments", [GOLD_SEGMENTS]),
+    ("build_features", [GOLD_USER_FEATURES, GOLD_APP_FEATURES, GOLD_INTERACTIONS, GOLD_POPULARITY]),
+)
+#: The run date check_params resolved, for operators that take templated arguments.
+RUN_DATE = "{{ ti.xcom_pull(task_ids='check_params')['date'] }}"
+
+
+def _options(context: dict):
+    """The validated trigger params; an empty ``date`` falls back to the logical date (scheduled runs, backfills)."""
+    from personalization.run_params import validate_run_params
+
+    logical = context.get("logical_date") or context.get("data_interval_start")
+    return validate_run_params(context.get("params") or {}, logical.date().isoformat() if logical else None)
 
 
 def _config_and_date(context: dict) -> tuple:
-    """The configuration and the run's date (a ``date`` param wins over the logical date)."""
+    """The configuration (with the params' overrides) and the run's date."""
     from personalization.config import load_config
-    from personalization.lake import check_date
 
-    params = context.get("params") or {}
-    date = params.get("date") or ""
-    if not date:
-        logical = context.get("logical_date") or context.get("data_interval_start")
-        if logical is None:
-            raise ValueError("no run date: trigger with a logical date or the 'date' param (YYYY-MM-DD)")
-        date = logical.date().isoformat()
-    return load_config(), check_date(date)
+    options = _options(context)
+    return options.apply(load_config()), options.date
+
+
+def _spark_submit_task(stage: str, outlets: list, config):
+    """``spark-submit jobs/<stage>.py --date D`` through the configured Spark connection."""
+    import os
+
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    from jobs.spark import spark_settings
+
+    args = ["--date", RUN_DATE]
+    if os.environ.get("PE_CONFIG"):
+        args += ["--config", os.environ["PE_CONFIG"]]
+    return SparkSubmitOperator(
+        task_id=stage,
+        conn_id=config.spark.submit_conn_id,
+        application=str(JOBS_DIR / f"{stage}.py"),
+        py_files=config.resolve(config.spark.submit_py_files),
+        application_args=args,
+        # The master comes from the connection; the rest of the project's Spark settings travel as --conf.
+        conf={key: value for key, value in spark_settings(config).items()
+              if key not in ("spark.master", "spark.driver.memory")},
+        driver_memory=config.spark.driver_memory,
+        name=f"{config.spark.app_name}-{stage}",
+        pool=config.spark.pool,
+        outlets=outlets,
+    )
+
+
+def _in_process_task(stage: str, outlets: list, pool: str):
+    """The stage's Spark job in this worker's process (local Spark from ``spark.master``)."""
+
+    def run_stage(**context) -> dict:
+        from personalization import pipeline
+
+        return getattr(pipeline, stage)(*_config_and_date(context))
+
+    run_stage.__doc__ = f"Run pipeline.{stage} for the run's date."
+    return task(task_id=stage, outlets=outlets, pool=pool)(run_stage)()
 
 
 @dag(
@@ -67,6 +131,7 @@ def _config_and_date(context: dict) -> tuple:
     description="Validate events, build profiles and features, train, score and publish recommendations",
     schedule="@daily",
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    # No automatic catch-up of missed days; a range is rebuilt on purpose with `airflow backfill create`.
     catchup=False,
     max_active_runs=1,
     # No `deadline=personalization.alerts.deadline_alert(...)` here: Airflow 3.3's dag.test()
@@ -74,58 +139,66 @@ def _config_and_date(context: dict) -> tuple:
     default_args=DEFAULT_ARGS,
     tags=["personalization", "nightly", "spark", "mlflow"],
     doc_md=__doc__,
-    params={
-        "date": Param("", type="string", description="Run date YYYY-MM-DD; empty uses the logical date"),
-    },
+    params={name: Param(schema["default"], **{k: v for k, v in schema.items() if k != "default"})
+            for name, schema in PARAM_SCHEMAS.items()},
 )
 def personalization_nightly():
-    @task(outlets=[SILVER_EVENTS, SILVER_QUARANTINE])
-    def validate_raw_events(**context) -> dict:
-        from personalization import pipeline
+    # Parse time: the configuration decides the shape of the Spark tasks (no data is read).
+    from personalization.config import load_config
 
-        return pipeline.validate_raw_events(*_config_and_date(context))
+    config = load_config()
 
-    @task(outlets=[GOLD_PROFILES])
-    def build_profiles(_upstream: dict, **context) -> dict:
-        from personalization import pipeline
+    @task(retries=0)  # a bad parameter does not get better with retries
+    def check_params(**context) -> dict:
+        """Validate the trigger params (and the world's scale); return the resolved options."""
+        from personalization.run_params import check_world_scale
 
-        return pipeline.build_profiles(*_config_and_date(context))
+        options = _options(context)
+        if options.scale:
+            from personalization.generator import read_world_summary
 
-    @task(outlets=[GOLD_SEGMENTS])
-    def build_segments(_upstream: dict, **context) -> dict:
-        from personalization import pipeline
+            summary = read_world_summary(options.apply(load_config()))
+            check_world_scale(options, summary.scale if summary else None)
+        return options.to_dict()
 
-        return pipeline.build_segments(*_config_and_date(context))
-
-    @task(outlets=[GOLD_USER_FEATURES, GOLD_APP_FEATURES, GOLD_INTERACTIONS, GOLD_POPULARITY])
-    def build_features(_upstream: dict, **context) -> dict:
-        from personalization import pipeline
-
-        return pipeline.build_features(*_config_and_date(context))
+    spark_tasks = [
+        _spark_submit_task(stage, outlets, config) if config.spark.submit_conn_id
+        else _in_process_task(stage, outlets, config.spark.pool)
+        for stage, outlets in SPARK_TASKS
+    ]
 
     @task
-    def train_models(_upstream: dict, **context) -> dict:
+    def train_models(**context) -> dict:
         from personalization import pipeline
 
+        if _options(context).skip_training:
+            return {"stage": "train_models", "skipped": True}
         return pipeline.train_models(*_config_and_date(context))
 
     @task(outlets=[MODEL_CHAMPION])
     def evaluate_and_promote(train_result: dict, **context) -> dict:
         from personalization import pipeline
 
+        if train_result.get("skipped"):
+            return {"stage": "evaluate_and_promote", "skipped": True}
         config, date = _config_and_date(context)
         return pipeline.evaluate_and_promote(config, date, train_result)
 
     @task
-    def score_users(_upstream: dict, **context) -> dict:
+    def score_users(_promoted: dict, **context) -> dict:
         from personalization import pipeline
 
         return pipeline.score_users(*_config_and_date(context))
 
     @task(outlets=SERVING_ASSETS)
     def publish_serving(score_result: dict, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from personalization import pipeline
 
+        if _options(context).dry_run:
+            # Skipped, not succeeded: no serving asset event, so no downstream DAG reacts.
+            raise AirflowSkipException("dry run: scored tables are in gold/, nothing published")
         config, date = _config_and_date(context)
         result = pipeline.publish_serving(config, date, score_result)
         # Downstream DAGs (experiment report, privacy requests) read the date from the asset event.
@@ -140,15 +213,9 @@ def personalization_nightly():
         config, date = _config_and_date(context)
         return pipeline.validate_serving(config, date, publish_result)
 
-    validated = validate_raw_events()
-    profiles = build_profiles(validated)
-    segments = build_segments(profiles)
-    features = build_features(segments)
-    trained = train_models(features)
-    promoted = evaluate_and_promote(trained)
-    scored = score_users(promoted)
-    published = publish_serving(scored)
-    validate_serving(published)
+    trained = train_models()
+    chain(check_params(), *spark_tasks, trained)
+    validate_serving(publish_serving(score_users(evaluate_and_promote(trained))))
 
 
 personalization_nightly()

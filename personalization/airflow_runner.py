@@ -59,8 +59,32 @@ def run_dag_in_process(config: Config, date: str, dag_id: str = "personalization
     subprocess.run(command, env=_child_env(config), check=True)
 
 
-def _main(dag_id: str, date: str) -> int:
-    """Child-process entry: load the DAG from the dags folder and test-run it for ``date``."""
+def backfill_in_process(config: Config, dates: list[str], dag_id: str = "personalization_nightly") -> None:
+    """Run ``dag_id`` once per date, oldest first, as a backfill does: no params, the date is the logical date.
+
+    One child process runs every date (one Airflow import, one Spark session), each with
+    ``dag.test()``; raises CalledProcessError at the first failed run.
+    """
+    dates = sorted(check_date(date) for date in dates)
+    ensure_airflow_db(config)
+    command = [sys.executable, "-m", "personalization.airflow_runner", "--backfill", dag_id, *dates]
+    subprocess.run(command, env=_child_env(config), check=True)
+
+
+def ensure_spark_pool(slots: int = 1) -> None:
+    """Create the Spark pool (``spark.pool``) when missing, as ``airflow pools set`` would."""
+    from airflow.models.pool import Pool
+
+    from personalization.config import load_config
+
+    name = load_config().spark.pool
+    if name and name != Pool.DEFAULT_POOL_NAME and Pool.get_pool(name) is None:
+        Pool.create_or_update_pool(name, slots=slots, description="Concurrent Spark jobs of the personalization DAGs",
+                                   include_deferred=False)
+
+
+def _main(dag_id: str, *dates: str, backfill: bool = False) -> int:
+    """Child-process entry: load the DAG from the dags folder and test-run it for each date."""
     import datetime as dt
 
     from airflow.dag_processing.dagbag import DagBag
@@ -78,12 +102,19 @@ def _main(dag_id: str, date: str) -> int:
     # would make `make run` hang on a real error instead of reporting it.
     for operator in dag.tasks:
         operator.retries = 0
-    logical = dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc)
-    dag_run = dag.test(logical_date=logical, run_conf={"date": date})
-    state = str(getattr(dag_run, "state", "unknown"))
-    print(f"DAG {dag_id} for {date}: {state}")
-    return 0 if state.endswith("success") else 1
+    ensure_spark_pool()
+    for date in dates:
+        logical = dt.datetime.fromisoformat(check_date(date)).replace(tzinfo=dt.timezone.utc)
+        # A backfill run carries no conf: the tasks take the date from the logical date.
+        dag_run = dag.test(logical_date=logical, run_conf=None if backfill else {"date": date})
+        state = str(getattr(dag_run, "state", "unknown"))
+        print(f"DAG {dag_id} for {date}: {state}")
+        if not state.endswith("success"):
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1], sys.argv[2]))
+    arguments = sys.argv[1:]
+    is_backfill = arguments[0] == "--backfill"
+    sys.exit(_main(*arguments[int(is_backfill):], backfill=is_backfill))

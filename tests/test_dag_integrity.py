@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -29,20 +30,25 @@ for dag_id, dag in bag.dags.items():
         "task_ids": [task.task_id for task in dag.tasks],
         "edges": sorted([up.task_id, task.task_id] for task in dag.tasks for up in task.upstream_list),
         "outlets": {task.task_id: [getattr(o, "uri", str(o)) for o in task.outlets] for task in dag.tasks},
+        "types": {task.task_id: type(task).__name__ for task in dag.tasks},
+        "pools": {task.task_id: task.pool for task in dag.tasks},
+        "submit": {task.task_id: {name: getattr(task, name, None) for name in (
+            "application", "py_files", "application_args", "conn_id", "_conn_id", "conf")}
+            for task in dag.tasks if type(task).__name__ == "SparkSubmitOperator"},
+        "params": {name: dag.params.get_param(name).schema for name in dag.params.keys()},
     }
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "heavy": heavy, "dags": dags}))
 """
 
 
-@pytest.fixture(scope="module")
-def dagbag(tmp_path_factory) -> dict:
-    home = tmp_path_factory.mktemp("airflow_home")
-    env = dict(os.environ)
+def _load_dagbag(home: Path, **extra_env: str) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PE_SPARK__")}
     env.update(
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+        **extra_env,
     )
     # A fresh interpreter, so "no heavy import" is measured on the DAG files alone.
     completed = subprocess.run(
@@ -51,6 +57,18 @@ def dagbag(tmp_path_factory) -> dict:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory) -> dict:
+    return _load_dagbag(tmp_path_factory.mktemp("airflow_home"))
+
+
+@pytest.fixture(scope="module")
+def submit_dagbag(tmp_path_factory) -> dict:
+    """The DAGs parsed with a Spark connection configured (the cluster shape)."""
+    return _load_dagbag(tmp_path_factory.mktemp("airflow_home_submit"), PE_SPARK__SUBMIT_CONN_ID="spark_cluster",
+                        PE_SPARK__POOL="spark_jobs")
 
 
 def test_dags_import_without_errors(dagbag: dict) -> None:
@@ -67,16 +85,67 @@ def test_every_dag_has_tags_docs_retries_and_no_catchup(dagbag: dict) -> None:
         assert dag["tags"], dag_id
         assert dag["doc_md"], dag_id
         assert dag["catchup"] is False, dag_id
-        assert all(retries >= 2 for retries in dag["retries"].values()), (dag_id, dag["retries"])
+        # Parameter checks fail fast (a bad value does not improve on retry); everything else retries.
+        retried = {task: n for task, n in dag["retries"].items() if task != "check_params"}
+        assert all(retries >= 2 for retries in retried.values()), (dag_id, dag["retries"])
+        assert dag["retries"].get("check_params", 0) == 0
 
 
 def test_nightly_dag_runs_the_stages_in_order(dagbag: dict) -> None:
     from personalization.pipeline import STAGES
 
     nightly = dagbag["dags"]["personalization_nightly"]
-    assert nightly["task_ids"] == list(STAGES)
-    expected_edges = sorted([list(pair) for pair in zip(STAGES, STAGES[1:])])
-    assert nightly["edges"] == expected_edges
+    order = ["check_params", *STAGES]
+    assert sorted(nightly["task_ids"]) == sorted(order)
+    assert nightly["edges"] == _chain(order)
+
+
+def _chain(order: list[str]) -> list[list[str]]:
+    """The sorted edges of tasks that run one after the other in ``order``."""
+    return sorted([list(pair) for pair in itertools.pairwise(order)])
+
+
+SPARK_STAGES = ["validate_raw_events", "build_profiles", "build_segments", "build_features"]
+
+
+def test_without_a_spark_connection_spark_runs_in_process_in_the_spark_pool(dagbag: dict) -> None:
+    nightly = dagbag["dags"]["personalization_nightly"]
+    assert {stage: nightly["types"][stage] for stage in SPARK_STAGES} == dict.fromkeys(SPARK_STAGES, "_PythonDecoratedOperator")
+    assert {stage: nightly["pools"][stage] for stage in SPARK_STAGES} == dict.fromkeys(SPARK_STAGES, "spark")
+    assert nightly["pools"]["train_models"] == "default_pool"
+    assert nightly["submit"] == {}
+
+
+def test_with_a_spark_connection_the_spark_tasks_are_spark_submit(submit_dagbag: dict) -> None:
+    from personalization.pipeline import STAGES
+
+    assert submit_dagbag["errors"] == {}
+    assert submit_dagbag["heavy"] == []
+    nightly = submit_dagbag["dags"]["personalization_nightly"]
+    order = ["check_params", *STAGES]
+    assert sorted(nightly["task_ids"]) == sorted(order)
+    assert nightly["edges"] == _chain(order)
+    assert {stage: nightly["types"][stage] for stage in SPARK_STAGES} == dict.fromkeys(SPARK_STAGES, "SparkSubmitOperator")
+    assert nightly["types"]["train_models"] == "_PythonDecoratedOperator"
+    assert {stage: nightly["pools"][stage] for stage in SPARK_STAGES} == dict.fromkeys(SPARK_STAGES, "spark_jobs")
+    for stage in SPARK_STAGES:
+        submit = nightly["submit"][stage]
+        assert submit["application"] == str(ROOT / "jobs" / f"{stage}.py")
+        assert submit["py_files"].endswith("/dist/personalization-jobs.zip")
+        assert submit["application_args"] == ["--date", "{{ ti.xcom_pull(task_ids='check_params')['date'] }}"]
+        assert "spark_cluster" in (submit["conn_id"], submit["_conn_id"])
+        assert submit["conf"]["spark.sql.session.timeZone"] == "UTC"
+        assert "spark.master" not in submit["conf"]  # the connection names the master
+    assert "personalization://silver/events" in nightly["outlets"]["validate_raw_events"]
+
+
+def test_nightly_params_have_json_schemas(dagbag: dict) -> None:
+    params = dagbag["dags"]["personalization_nightly"]["params"]
+    assert sorted(params) == ["date", "dry_run", "models", "scale", "skip_training"]
+    assert params["date"]["pattern"] == r"^(\d{4}-\d{2}-\d{2})?$"
+    assert params["scale"]["enum"] == ["", "tiny", "small", "medium", "large"]
+    assert params["models"]["items"]["enum"] == ["popularity", "ease", "cf_bpr", "two_tower", "content", "blend"]
+    assert params["skip_training"]["type"] == params["dry_run"]["type"] == "boolean"
 
 
 def test_nightly_dag_publishes_serving_assets(dagbag: dict) -> None:
