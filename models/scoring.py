@@ -400,6 +400,11 @@ def load_popularity(config: Config, date: str) -> tuple[pd.DataFrame, pd.DataFra
         if frame is not None:
             frame["region"] = frame["region"].astype(str)
             frame["app_id"] = frame["app_id"].astype(str)
+    from personalization.privacy import publishable_popularity
+
+    # What may reach serving: small groups suppressed, then Laplace noise (privacy.dp_epsilon) seeded by date.
+    now = publishable_popularity(config, now, date)
+    previous = None if previous is None else publishable_popularity(config, previous, older[-1])
     return now, previous
 
 
@@ -932,7 +937,11 @@ def build_context(
     for s in range(len(segment_names)):
         counts = store.segment_counts[s] if s < len(store.segment_counts) else np.zeros(catalog.n)
         if store.segment_users[s] >= min_group and counts.max() > 0:
-            segment_share[s] = counts / counts.max()
+            from personalization.privacy import noisy_counts
+
+            # Distinct users per app in the segment (sensitivity 1): noised after suppression, seeded by date.
+            counts = noisy_counts(counts, float(config.privacy.dp_epsilon), date, f"segment_counts.{s}")
+            segment_share[s] = counts / max(counts.max(), 1.0)
     similar_frame, neighbours, neighbour_scores = surf.similar_apps(catalog, store.cooccurrence,
                                                                     int(scoring.similar_apps_n), block=256)
     cat_to_model = np.full(catalog.n, -1, dtype=np.int64)
