@@ -178,6 +178,30 @@ def intra_list_diversity(lists: np.ndarray, category_codes: np.ndarray, text_uni
     return total / count if count else float("nan")
 
 
+class PoolSimilarity:
+    """Rows of :func:`pairwise_similarity` of each user's candidate pool, computed on demand.
+
+    MMR only ever reads ``sim[user, chosen, :]`` (one row per user and step), so this
+    computes ``[b, p]`` per step instead of materialising ``[b, p, p]`` (``n / p`` times
+    less work and memory). Shapes: codes ``int [b, p]``, text ``float32 [b, p, d]`` (unit rows).
+    """
+
+    def __init__(self, category_codes: np.ndarray, text_unit: np.ndarray | None, category_weight: float = 0.5):
+        self.codes = np.asarray(category_codes)
+        self.text = None if text_unit is None else np.asarray(text_unit, dtype=np.float32)
+        self.weight = float(category_weight)
+
+    def rows(self, choice: np.ndarray) -> np.ndarray:
+        """``float [b, p]``: similarity of each user's candidate ``choice[user]`` to all of its candidates."""
+        users = np.arange(len(choice))
+        same = (self.codes == self.codes[users, choice][:, None]).astype(np.float32)
+        if self.text is None:
+            return same
+        chosen = self.text[users, choice][:, :, None]  # [b, d, 1]
+        cosine = np.clip(np.matmul(self.text, chosen)[:, :, 0], 0.0, 1.0)
+        return self.weight * same + (1.0 - self.weight) * cosine
+
+
 # ------------------------------------------------------------------ re-ranking
 def rerank(
     relevance: np.ndarray,
@@ -187,7 +211,7 @@ def rerank(
     max_per_developer: int | None = None,
     category: np.ndarray | None = None,
     max_per_category: int | None = None,
-    similarity: np.ndarray | None = None,
+    similarity: np.ndarray | PoolSimilarity | None = None,
     mmr_lambda: float = 1.0,
 ) -> np.ndarray:
     """Greedy batched list selection with developer/category caps and optional MMR.
@@ -197,7 +221,8 @@ def rerank(
         n: list length wanted.
         developer, category: ``int [b, p]`` codes of each candidate (for the caps).
         max_per_developer, max_per_category: at most this many picks share a code (None: no cap).
-        similarity: ``float [b, p, p]`` in [0, 1]; with it, each step picks
+        similarity: ``float [b, p, p]`` in [0, 1] (or a :class:`PoolSimilarity` computing the
+            rows it needs); with it, each step picks
             ``argmax lambda * rel_norm - (1 - lambda) * max_sim_to_selected`` (MMR), where
             ``rel_norm`` is relevance min-max scaled to [0, 1] per user.
         mmr_lambda: MMR trade-off; 1.0 is pure relevance.
@@ -241,8 +266,9 @@ def rerank(
             same = (category == category[rows, choice][:, None]) & ok[:, None]
             category_count += same
             available &= category_count < max_per_category
-        if similarity is not None:
-            max_sim = np.where(ok[:, None], np.maximum(max_sim, similarity[rows, choice, :]), max_sim)
+        if similarity is not None and step + 1 < min(n, p):  # the last pick's similarities are never read
+            chosen = similarity.rows(choice) if isinstance(similarity, PoolSimilarity) else similarity[rows, choice, :]
+            max_sim = np.where(ok[:, None], np.maximum(max_sim, chosen), max_sim)
     return picked
 
 

@@ -120,8 +120,6 @@ COLD_APP_CONTENT_WEIGHT = 0.5
 COLD_APP_CONTENT_SPREAD = 3.0
 #: Co-occurrence is accumulated densely up to this many apps (n^2 float32), sparsely beyond.
 DENSE_COOCCURRENCE_MAX_APPS = 16_384
-#: Users per MMR sub-batch (similarity tensor [sub, pool, pool]).
-MMR_SUB_BATCH = 256
 VARIANT_MODEL = "champion"
 VARIANT_COLD_START = "cold_start"
 VARIANT_NON_PERSONALIZED = "non_personalized"
@@ -572,6 +570,9 @@ class ScoringContext:
     #: Search history as (user_pos sorted, queries in suggestion order), see surfaces.order_queries.
     query_index: tuple[np.ndarray, np.ndarray] | None = None
     segment_queries: dict[object, list[str]] = field(default_factory=dict)
+    #: Built on first use by a block (per worker on Spark): per-app reason texts, padded trending lists.
+    reason_texts: dict[str, np.ndarray] | None = None
+    trending_table: tuple[dict[str, int], np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -582,6 +583,10 @@ class BlockResult:
     ild_before_sum: float = 0.0
     ild_after_sum: float = 0.0
     ild_count: int = 0
+    #: Wall-clock seconds of the block's two parts: ``for_you`` (model scores, rules, consent fallback,
+    #: top-k, re-ranking, diversity statistics, explanations) and ``other_outputs`` (the other surfaces,
+    #: categories, search, rows as frames).
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def blend_cold_apps(scores: np.ndarray, cold: np.ndarray, content_cosine: np.ndarray) -> np.ndarray:
@@ -595,45 +600,82 @@ def blend_cold_apps(scores: np.ndarray, cold: np.ndarray, content_cosine: np.nda
     """
     if not cold.any():
         return scores
-    warm = scores[:, ~cold]
-    if warm.shape[1]:
-        # float32 statistics over [b, n]: a float64 copy would double the block's memory.
-        mean_of = np.nanmean if np.isnan(warm).any() else np.mean
-        std_of = np.nanstd if mean_of is np.nanmean else np.std
-        mu = mean_of(warm, axis=1, keepdims=True, dtype=np.float64)
-        sd = std_of(warm, axis=1, keepdims=True, dtype=np.float64)
+    cold_scores = scores[:, cold]
+    n_warm = int(len(cold) - cold.sum())
+    if n_warm:
+        # Float64 sums over whole rows minus the cold columns: no [b, n_warm] copy (the block's
+        # largest cost otherwise). Var = E[x^2] - mu^2 in float64 loses nothing at score scales.
+        total = scores.sum(axis=1, dtype=np.float64) - cold_scores.sum(axis=1, dtype=np.float64)
+        if np.isfinite(total).all():
+            squares = (np.einsum("ij,ij->i", scores, scores, dtype=np.float64)
+                       - np.einsum("ij,ij->i", cold_scores, cold_scores, dtype=np.float64))
+            mu = (total / n_warm)[:, None]
+            sd = np.sqrt(np.maximum(squares / n_warm - mu[:, 0] ** 2, 0.0))[:, None]
+        else:  # NaN (unscored) or infinite warm scores: the exact NaN-aware statistics on a copy
+            warm = scores[:, ~cold]
+            mu = np.nanmean(warm, axis=1, keepdims=True, dtype=np.float64)
+            sd = np.nanstd(warm, axis=1, keepdims=True, dtype=np.float64)
     else:
         mu, sd = np.zeros((len(scores), 1)), np.ones((len(scores), 1))
     mu = np.nan_to_num(mu)
     sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
-    z = np.nan_to_num((scores[:, cold] - mu) / sd)
-    blended = mu + sd * ((1 - COLD_APP_CONTENT_WEIGHT) * z
-                         + COLD_APP_CONTENT_WEIGHT * COLD_APP_CONTENT_SPREAD * content_cosine)
-    scores[:, cold] = blended.astype(scores.dtype)
+    # mu + sd * ((1 - w) * z + w * SPREAD * cos) expanded to w * mu + (1 - w) * s + w * SPREAD * sd * cos:
+    # the same value (to a float32 rounding) in a few in-place passes over the [b, n_cold] copy instead
+    # of ten float64 temporaries; z = 0 for a NaN s means s = mu.
+    blended = cold_scores.astype(np.float32, copy=False)
+    missing = np.isnan(blended)
+    if missing.any():
+        np.copyto(blended, np.broadcast_to(mu.astype(np.float32), blended.shape), where=missing)
+    blended *= np.float32(1 - COLD_APP_CONTENT_WEIGHT)
+    blended += np.multiply(content_cosine, ((COLD_APP_CONTENT_WEIGHT * COLD_APP_CONTENT_SPREAD) * sd)
+                           .astype(np.float32), dtype=np.float32)
+    blended += (COLD_APP_CONTENT_WEIGHT * mu).astype(np.float32)
+    scores[:, cold] = blended
     return scores
 
 
 def model_scores(ctx: ScoringContext, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
-    """Champion scores ``float32 [b, n_catalog]`` with cold apps blended (see :func:`blend_cold_apps`)."""
+    """Champion scores ``float32 [b, n_catalog]`` with cold apps blended (see :func:`blend_cold_apps`).
+
+    NaN (unscored) becomes 0 and infinities the largest float32, after blending.
+    """
     n = ctx.catalog.n
     b = history.shape[0]
-    full = np.full((b, n), np.nan, dtype=np.float32)
-    if ctx.model is not None and b:
+    if b == 0:
+        return np.zeros((0, n), dtype=np.float32)
+    identity = len(ctx.model_to_cat) == n and bool((ctx.model_to_cat == np.arange(n)).all())
+    full: np.ndarray | None = None
+    if ctx.model is not None:
         coo = history.tocoo()
         keep = ctx.cat_to_model[coo.col] >= 0
         model_history = sp.csr_matrix(
             (coo.data[keep], (coo.row[keep], ctx.cat_to_model[coo.col[keep]])),
             shape=(b, len(ctx.model_to_cat)), dtype=np.float32)
         raw = np.asarray(ctx.model.score(list(user_ids), model_history), dtype=np.float32)
-        present = ctx.model_to_cat >= 0
-        full[:, ctx.model_to_cat[present]] = raw[:, present]
-    cold = ctx.cold_apps | np.isnan(full).all(axis=0)
+        if identity:  # the model's columns are the catalogue: use its matrix as is (no [b, n] copy)
+            full = raw if raw.flags.writeable and raw.flags.c_contiguous else np.array(raw, order="C")
+        else:
+            full = np.full((b, n), np.nan, dtype=np.float32)
+            present = ctx.model_to_cat >= 0
+            full[:, ctx.model_to_cat[present]] = raw[:, present]
+    if full is None:
+        full = np.full((b, n), np.nan, dtype=np.float32)
+    # Only a column whose sum is NaN can be all-NaN (unscored for the whole block).
+    column_sums = full.sum(axis=0)
+    suspect = np.flatnonzero(np.isnan(column_sums))
+    unscored = np.zeros(n, dtype=bool)
+    if len(suspect):
+        unscored[suspect] = np.isnan(full[:, suspect]).all(axis=0)
+    cold = ctx.cold_apps | unscored
     if ctx.catalog.text_unit is not None and cold.any():
         profile = rules.unit_rows(history @ ctx.catalog.text_unit)
         cosine = profile @ ctx.catalog.text_unit[cold].T
     else:
         cosine = np.zeros((b, int(cold.sum())), dtype=np.float32)
-    return np.nan_to_num(blend_cold_apps(full, cold, cosine), nan=0.0)
+    full = blend_cold_apps(full, cold, cosine)
+    if not np.isfinite(column_sums).all():  # finite column sums: no NaN or infinity anywhere
+        np.nan_to_num(full, copy=False, nan=0.0)
+    return full
 
 
 def fallback_scores(ctx: ScoringContext, users: pd.DataFrame, use_segment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -659,16 +701,44 @@ def fallback_scores(ctx: ScoringContext, users: pd.DataFrame, use_segment: np.nd
 
 def _owned_matrix(ctx: ScoringContext, users: pd.DataFrame) -> sp.csr_matrix:
     """``[b, n]`` installed and purchased apps listed in the profiles."""
-    rows, cols = [], []
+    rows: list[int] = []
+    apps: list[str] = []
     for column in ("installed_apps", "purchased_apps"):
-        for row, apps in enumerate(users[column]):
-            if apps is None or (isinstance(apps, float) and np.isnan(apps)):
+        for row, listed in enumerate(users[column]):
+            if listed is None or (isinstance(listed, float) and np.isnan(listed)) or len(listed) == 0:
                 continue
-            positions = ctx.catalog.positions([str(a) for a in apps])
-            positions = positions[positions >= 0]
-            rows.extend([row] * len(positions))
-            cols.extend(positions.tolist())
-    return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(users), ctx.catalog.n))
+            rows.extend([row] * len(listed))
+            apps.extend(str(a) for a in listed)
+    positions = ctx.catalog.positions(apps)
+    known = positions >= 0
+    return sp.csr_matrix((np.ones(int(known.sum()), dtype=np.float32),
+                          (np.asarray(rows, dtype=np.int64)[known], positions[known])),
+                         shape=(len(users), ctx.catalog.n))
+
+
+def blocked_apps(ctx: ScoringContext, users: pd.DataFrame, owned: Sequence[sp.csr_matrix]) -> np.ndarray:
+    """``bool [b, n]``: True where an app may not be recommended to the user (``~`` :func:`rules.eligibility`).
+
+    The rules depend on a user only through (minimum age, store country, buyer), so they are
+    evaluated once per distinct combination (a few dozen) and gathered per user, instead of
+    several ``[b, n]`` passes; then each user's owned apps are set.
+    """
+    catalog = ctx.catalog
+    min_age = rules.user_min_age(users["store_age_group"].tolist())
+    countries = np.array([ctx.country_row.get(str(c).upper(), -1) for c in users["store_country"]], dtype=np.int64)
+    buyer = users["is_buyer"].to_numpy(dtype=bool)
+    keys = np.stack([min_age.astype(np.int64), countries, buyer.astype(np.int64)], axis=1)
+    groups, inverse = np.unique(keys.reshape(len(users), 3), axis=0, return_inverse=True)
+    allowed = rules.eligibility(
+        min_age=groups[:, 0].astype(np.int16), app_age_rating=catalog.age_rating,
+        user_country_row=groups[:, 1], availability=ctx.availability, is_buyer=groups[:, 2].astype(bool),
+        app_price=catalog.price, paid_only_for_buyers=ctx.paid_only_for_buyers, allowed_apps=catalog.allowed)
+    blocked = (~allowed)[inverse.reshape(-1)]
+    for matrix in owned:
+        if matrix is not None and matrix.nnz:
+            coo = matrix.tocoo()
+            blocked[coo.row, coo.col] = True
+    return blocked
 
 
 def capped_capacity(eligible: np.ndarray, developer: np.ndarray, cap: int) -> np.ndarray:
@@ -678,15 +748,6 @@ def capped_capacity(eligible: np.ndarray, developer: np.ndarray, cap: int) -> np
                            shape=(len(developer), n_dev))
     per_developer = (onehot.T @ eligible.astype(np.float32).T).T  # [b, n_dev] dense
     return np.minimum(np.asarray(per_developer), cap).sum(axis=1).astype(np.int64)
-
-
-def _running_min(values: list[float]) -> list[float]:
-    """Scores made non-increasing in rank (re-ranking may lift a lower-scored app above a higher one)."""
-    out, low = [], np.inf
-    for value in values:
-        low = min(low, value)
-        out.append(float(low))
-    return out
 
 
 def select_for_you(ctx: ScoringContext, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -709,13 +770,10 @@ def select_for_you(ctx: ScoringContext, masked: np.ndarray) -> tuple[np.ndarray,
     category = ctx.catalog.category[index]
     before = rules.rerank(values, ctx.top_n, developer=developer, max_per_developer=ctx.max_per_developer)
     if ctx.diversity == "mmr":
-        after = np.full_like(before, -1)
-        for start in range(0, b, MMR_SUB_BATCH):
-            part = slice(start, start + MMR_SUB_BATCH)
-            similarity = surf.diversity_similarity(ctx.catalog, index[part])
-            after[part] = rules.rerank(values[part], ctx.top_n, developer=developer[part],
-                                       max_per_developer=ctx.max_per_developer, similarity=similarity,
-                                       mmr_lambda=ctx.mmr_lambda)
+        text = None if ctx.catalog.text_unit is None else ctx.catalog.text_unit[index]
+        similarity = rules.PoolSimilarity(category, text, surf.CATEGORY_SIMILARITY_WEIGHT)
+        after = rules.rerank(values, ctx.top_n, developer=developer, max_per_developer=ctx.max_per_developer,
+                             similarity=similarity, mmr_lambda=ctx.mmr_lambda)
     elif ctx.diversity == "category_cap":
         after = rules.rerank(values, ctx.top_n, developer=developer, max_per_developer=ctx.max_per_developer,
                              category=category, max_per_category=ctx.category_cap)
@@ -729,7 +787,7 @@ def select_for_you(ctx: ScoringContext, masked: np.ndarray) -> tuple[np.ndarray,
 
     before_pos, after_pos = to_catalog(before), to_catalog(after)
     # Top up short lists from the whole catalogue (the pool or the category cap ran out);
-    # the developer cap is a business rule and stays, the category cap is relaxed.
+    # the developer cap is a business rule and stays, the category cap is relaxed. Rare: a loop.
     short = np.flatnonzero((after_pos >= 0).sum(axis=1) < ctx.top_n)
     for row in short:
         picked = [int(p) for p in after_pos[row] if p >= 0]
@@ -751,139 +809,251 @@ def select_for_you(ctx: ScoringContext, masked: np.ndarray) -> tuple[np.ndarray,
     return before_pos, after_pos, after_scores
 
 
+@dataclass
+class _SurfaceList:
+    """One surface's lists for some rows of a block (``[m, w]`` arrays, ``-1`` padding at the end)."""
+
+    surface: str
+    rows: np.ndarray  # int [m]: block rows
+    apps: np.ndarray  # int [m, w]: catalogue positions
+    scores: np.ndarray  # float [m, w]
+    reasons: np.ndarray  # object [m, w]
+    anchors: np.ndarray  # int [m, w]: reason_app positions, -1 none
+
+
+def _reason_texts(ctx: ScoringContext) -> dict[str, np.ndarray]:
+    """Per-app reason strings (``object [n]``), built once per context (per worker on Spark)."""
+    if ctx.reason_texts is None:
+        names, catalog = ctx.catalog.names, ctx.catalog
+        ctx.reason_texts = {
+            "use": np.array([surf.reason_because_you_use(str(a)) for a in names] + [None], dtype=object),
+            "liked": np.array([surf.reason_because_you_liked(str(a)) for a in names] + [None], dtype=object),
+            "new": np.array([surf.reason_new_in(catalog.categories[c]) for c in catalog.category] + [None],
+                            dtype=object),
+        }
+    return ctx.reason_texts
+
+
+def _trending_table(ctx: ScoringContext) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """The trending lists as padded arrays ``(region -> row, ranked int [R, L], scores [R, L])``, built once."""
+    if ctx.trending_table is None:
+        regions = list(ctx.trending)
+        length = max((len(ranked) for ranked, _ in ctx.trending.values()), default=0)
+        ranked = np.full((len(regions) + 1, length), -1, dtype=np.int64)  # last row: no trending list
+        scores = np.zeros((len(regions) + 1, length), dtype=np.float64)
+        for r, region in enumerate(regions):
+            positions, trend = ctx.trending[region]
+            ranked[r, :len(positions)] = positions
+            scores[r, :len(trend)] = trend
+        ctx.trending_table = ({region: r for r, region in enumerate(regions)}, ranked, scores)
+    return ctx.trending_table
+
+
+def _with_reason(picks: np.ndarray, texts: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+    """``object [m, w]``: ``texts[codes]`` (``codes`` default ``picks``) where a pick exists, else None."""
+    codes = picks if codes is None else codes
+    return texts[np.where((picks >= 0) & (codes >= 0), codes, len(texts) - 1)]
+
+
+def _records(ctx: ScoringContext, lists: list[_SurfaceList], user_ids: np.ndarray, variants: np.ndarray
+             ) -> pd.DataFrame:
+    """The recommendations rows of a block, per user and surface (home-page order), rank ascending.
+
+    Scores are made non-increasing in rank (re-ranking may lift a lower-scored app above a
+    higher one): a running minimum along each list.
+    """
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("row", "surface", "rank", "app", "score", "reason",
+                                                              "anchor")}
+    for code, item in enumerate(lists):
+        valid = item.apps >= 0
+        monotone = np.minimum.accumulate(np.where(valid, item.scores, np.inf), axis=1)
+        local, column = np.nonzero(valid)
+        parts["row"].append(item.rows[local])
+        parts["surface"].append(np.full(len(local), code))
+        parts["rank"].append(column + 1)
+        parts["app"].append(item.apps[local, column])
+        parts["score"].append(monotone[local, column])
+        parts["reason"].append(item.reasons[local, column])
+        parts["anchor"].append(item.anchors[local, column])
+    flat = {key: np.concatenate(values) if values else np.zeros(0) for key, values in parts.items()}
+    surface_of = np.array([item.surface for item in lists] or ["for_you"], dtype=object)
+    order = np.lexsort((flat["rank"], flat["surface"], flat["row"]))
+    row = flat["row"][order].astype(np.int64)
+    anchor = flat["anchor"][order].astype(np.int64)
+    app_ids = ctx.catalog.app_ids
+    return pd.DataFrame({
+        "user_id": user_ids[row], "surface": surface_of[flat["surface"][order].astype(np.int64)],
+        "rank": flat["rank"][order].astype(np.int64), "app_id": app_ids[flat["app"][order].astype(np.int64)],
+        "score": flat["score"][order].astype(np.float64), "reason": flat["reason"][order].astype(object),
+        "reason_app_id": np.where(anchor >= 0, app_ids[np.maximum(anchor, 0)], None),
+        "variant": variants[row],
+    }).assign(model_version=ctx.model_version, generated_for=ctx.date)
+
+
+def _ranked_rows(codes: np.ndarray, values: np.ndarray, rows: np.ndarray, user_ids: np.ndarray,
+                 names: Sequence[str], monotone: bool) -> tuple[np.ndarray, ...]:
+    """``(user_id, rank, name, value)`` columns of per-user ranked lists (``codes`` -1 = none), values rounded
+    to 6 decimals (Python ``round``) and, when ``monotone``, non-increasing in rank."""
+    valid = codes >= 0
+    local, column = np.nonzero(valid)
+    kept = np.array([round(v, 6) for v in values[local, column].tolist()], dtype=np.float64)
+    if monotone and len(kept):
+        grid = np.full(values.shape, np.inf)
+        grid[local, column] = kept
+        kept = np.minimum.accumulate(grid, axis=1)[local, column]
+    names_array = np.asarray(list(names), dtype=object)
+    return user_ids[rows[local]], column + 1, names_array[codes[local, column]], kept
+
+
 def score_block(ctx: ScoringContext, users: pd.DataFrame, history: sp.csr_matrix) -> BlockResult:
-    """All per-user outputs of one block of users.
+    """All per-user outputs of one block of users, vectorised over the block.
 
     ``users`` needs ``user_id``, ``user_pos`` (row in ``ctx.category_weights``),
     ``consent_behavioral``, ``consent_location``, ``country``, ``region`` (consented geography),
     ``store_country``, ``store_age_group`` (account values for the legal rules),
     ``segment``, ``is_buyer``, ``installed_apps``, ``purchased_apps``; ``history`` is
     ``[b, n_catalog]`` positive interaction weights in catalogue order.
+
+    One ``bool [b, n]`` matrix ``blocked`` carries the business rules and, as surfaces fill in
+    home-page order, the apps already shown to the user (de-duplication across surfaces).
     """
+    started = time.perf_counter()
     catalog = ctx.catalog
     b, n = len(users), catalog.n
-    user_ids = users["user_id"].astype(str).tolist()
+    user_ids = users["user_id"].astype(str).to_numpy(dtype=object)
     behavioural = users["consent_behavioral"].to_numpy(dtype=bool)
     location = users["consent_location"].to_numpy(dtype=bool)
+    history = history.tocsr()
     has_history = np.diff(history.indptr) > 0
     personal = behavioural & has_history
     owned = _owned_matrix(ctx, users)
-    countries = np.array([ctx.country_row.get(str(c).upper(), -1) for c in users["store_country"]],
-                         dtype=np.int64)
-    eligible = rules.eligibility(
-        min_age=rules.user_min_age(users["store_age_group"].tolist()), app_age_rating=catalog.age_rating,
-        user_country_row=countries, availability=ctx.availability,
-        is_buyer=users["is_buyer"].to_numpy(dtype=bool), app_price=catalog.price,
-        paid_only_for_buyers=ctx.paid_only_for_buyers, allowed_apps=catalog.allowed, owned=(history, owned),
-    )
-    scores = np.zeros((b, n), dtype=np.float32)
-    tier = np.zeros((b, n), dtype=np.int8)
-    if personal.any():
-        rows = np.flatnonzero(personal)
-        scores[rows] = model_scores(ctx, [user_ids[r] for r in rows], history[rows])
-    if (~personal).any():
-        rows = np.flatnonzero(~personal)
-        scores[rows], tier[rows] = fallback_scores(ctx, users.iloc[rows], behavioural[rows])
-    masked = np.where(eligible, scores, -np.inf).astype(np.float32)
-    before, after, after_scores = select_for_you(ctx, masked)
+    blocked = blocked_apps(ctx, users, (history, owned))
+    personal_rows, other_rows = np.flatnonzero(personal), np.flatnonzero(~personal)
+    tier = np.zeros((0, n), dtype=np.int8)
+    if len(other_rows) == 0:
+        scores = model_scores(ctx, user_ids.tolist(), history)  # the model's matrix, no copy
+    else:
+        scores = np.zeros((b, n), dtype=np.float32)
+        if len(personal_rows):
+            scores[personal_rows] = model_scores(ctx, user_ids[personal_rows].tolist(), history[personal_rows])
+        scores[other_rows], tier = fallback_scores(ctx, users.iloc[other_rows], behavioural[other_rows])
+    # new_for_you and featured rank by unmasked scores: keep those columns, then mask in place.
+    new_scores = scores[:, ctx.new_apps]
+    featured_scores = scores[:, ctx.featured].astype(np.float64)
+    np.copyto(scores, np.float32(-np.inf), where=blocked)
+    before, after, after_scores = select_for_you(ctx, scores)
     result = BlockResult(frames={})
-    text = catalog.text_unit
     for lists, attr in ((before, "ild_before_sum"), (after, "ild_after_sum")):
-        total, count = rules.intra_list_diversity_sum(lists, catalog.category, text)
+        total, count = rules.intra_list_diversity_sum(lists, catalog.category, catalog.text_unit)
         setattr(result, attr, total)
         result.ild_count = count
+    # Active users the checks expect a full list for: a short list means the rules leave fewer apps
+    # (greedy filling under the developer cap stops short only then); confirmed by the capacity.
+    short = np.flatnonzero((after >= 0).sum(axis=1) < ctx.top_n)
+    expected = np.ones(b, dtype=bool)
+    expected[short] = capped_capacity(~blocked[short], catalog.developer, ctx.max_per_developer) >= ctx.top_n
 
-    records: list[tuple] = []
-    categories_rows: list[tuple] = []
-    boost_rows: list[tuple] = []
-    query_rows: list[tuple] = []
+    texts = _reason_texts(ctx)
     geo_values = users[ctx.geography].tolist()
-    user_positions = users["user_pos"].to_numpy(dtype=np.int64)
-    segments = users["segment"].tolist()
-    for row in range(b):
-        user = user_ids[row]
-        variant = VARIANT_MODEL if personal[row] else (VARIANT_COLD_START if behavioural[row]
-                                                        else VARIANT_NON_PERSONALIZED)
-        geo_value = geo_values[row]
-        region_name = str(geo_value) if location[row] and geo_value is not None and geo_value == geo_value else None
-        picks = [int(p) for p in after[row] if p >= 0]
-        pick_scores = [float(s) for s, p in zip(after_scores[row], after[row], strict=True) if p >= 0]
-        hist_apps = history.indices[history.indptr[row]:history.indptr[row + 1]].astype(np.int64)
-        hist_weights = history.data[history.indptr[row]:history.indptr[row + 1]].astype(np.float64)
-        if personal[row]:
-            anchors = surf.explain_with_history(catalog, np.array(picks, dtype=np.int64), hist_apps, hist_weights)
-            reasons = [(surf.reason_because_you_use(catalog.names[a]), catalog.app_ids[a]) for a in anchors]
-        else:
-            reasons = []
-            for p in picks:
-                level = tier[row, p]
-                text_reason = (surf.REASON_SIMILAR_USERS if level == 3 else
-                               surf.reason_popular_in(region_name) if level == 2 else surf.reason_popular_in(None))
-                reasons.append((text_reason, None))
-        surface_rows: dict[str, list[tuple[int, float, str, str | None]]] = {
-            "for_you": [(p, s, r, a) for p, s, (r, a) in zip(picks, pick_scores, reasons, strict=True)]}
-        used = set(picks)
-        elig = eligible[row]
-        if personal[row]:
-            liked = surf.because_you_liked(hist_apps, hist_weights, ctx.neighbours, ctx.neighbour_scores, elig, used)
-            surface_rows["because_you_liked"] = [
-                (p, s, surf.reason_because_you_liked(catalog.names[a]), catalog.app_ids[a]) for p, s, a in liked]
-        if location[row] and region_name is not None and region_name in ctx.trending:
-            ranked, trend = ctx.trending[region_name]
-            kept = surf.fill_from_ranked(ranked, trend, elig, used, ctx.top_n, catalog.developer,
-                                         ctx.max_per_developer)
-            surface_rows["trending_in_your_area"] = [(p, s, surf.REASON_TRENDING, None) for p, s in kept]
-        if len(ctx.new_apps):
-            row_scores = scores[row, ctx.new_apps]
-            if not behavioural[row]:
-                row_scores = ctx.global_share[ctx.new_apps]
-            order = np.lexsort((ctx.new_apps, -row_scores))
-            kept = surf.fill_from_ranked(ctx.new_apps[order], row_scores[order], elig, used, ctx.top_n,
-                                         catalog.developer, ctx.max_per_developer)
-            surface_rows["new_for_you"] = [(p, s, surf.reason_new_in(catalog.categories[catalog.category[p]]), None)
-                                           for p, s in kept]
-        if len(ctx.featured):
-            editorial = 1.0 / np.arange(1, len(ctx.featured) + 1)
-            if behavioural[row]:
-                row_scores = scores[row, ctx.featured].astype(np.float64)
-                order = np.lexsort((np.arange(len(ctx.featured)), -row_scores))
-            else:
-                row_scores, order = editorial, np.arange(len(ctx.featured))
-            kept = surf.fill_from_ranked(ctx.featured[order], row_scores[order], elig, used, ctx.top_n)
-            surface_rows["featured"] = [(p, s, surf.REASON_FEATURED, None) for p, s in kept]
-        for surface, items in surface_rows.items():
-            monotone = _running_min([s for _, s, _, _ in items])
-            for rank, ((p, _, reason, anchor), score) in enumerate(zip(items, monotone, strict=True), start=1):
-                records.append((user, surface, rank, catalog.app_ids[p], score, reason, anchor, variant))
-        if behavioural[row] and ctx.category_weights is not None:
-            weights = ctx.category_weights[user_positions[row]]
-            top = surf.recommended_categories(weights, catalog.category[picks], catalog.categories)
-            for rank, (category, score) in enumerate(zip([c for c, _ in top], _running_min([s for _, s in top]), strict=True),
-                                                     start=1):
-                categories_rows.append((user, rank, category, score))
-            boost_rows.extend((user, category, boost) for category, boost in surf.search_boosts(
-                weights, catalog.categories))
-        if behavioural[row] and ctx.query_index is not None:
-            positions, texts = ctx.query_index
-            pos = user_positions[row]
-            lo, hi = np.searchsorted(positions, pos, "left"), np.searchsorted(positions, pos, "right")
-            suggestions = surf.suggested_queries(texts[lo:hi].tolist(), ctx.segment_queries.get(segments[row], []))
-            query_rows.extend((user, rank, query) for rank, query in enumerate(suggestions, start=1))
+    region_names = [str(g) if loc and g is not None and g == g else None
+                    for g, loc in zip(geo_values, location, strict=True)]
+    variants = np.where(personal, VARIANT_MODEL, np.where(behavioural, VARIANT_COLD_START,
+                                                           VARIANT_NON_PERSONALIZED)).astype(object)
+    # for_you: reasons from the history (personal) or the fallback tier of each pick.
+    reasons = np.full(after.shape, None, dtype=object)
+    anchors = np.full(after.shape, -1, dtype=np.int64)
+    history_apps, _ = surf.sorted_histories(history.indptr, history.indices, history.data)
+    if len(personal_rows):
+        anchors[personal_rows] = surf.explain_block(catalog, after[personal_rows], history_apps[personal_rows])
+        reasons[personal_rows] = _with_reason(after[personal_rows], texts["use"], anchors[personal_rows])
+    if len(other_rows):
+        picks = after[other_rows]
+        level = np.take_along_axis(tier, np.maximum(picks, 0), axis=1)
+        regional = np.array([surf.reason_popular_in(region_names[r]) for r in other_rows], dtype=object)
+        reasons[other_rows] = np.where(level == 3, surf.REASON_SIMILAR_USERS, np.where(
+            level == 2, regional[:, None], surf.reason_popular_in(None)))
+        reasons[other_rows] = np.where(picks >= 0, reasons[other_rows], None)
+    everyone = np.arange(b)
+    lists = [_SurfaceList("for_you", everyone, after, after_scores, reasons, anchors)]
+    for_you_done = time.perf_counter()
+    result.seconds["for_you"] = for_you_done - started
+    valid = after >= 0
+    blocked[np.nonzero(valid)[0], after[valid]] = True
+    if len(personal_rows):
+        liked, liked_scores, liked_anchor = surf.because_you_liked_block(
+            history_apps[personal_rows], ctx.neighbours, ctx.neighbour_scores, blocked, rows=personal_rows)
+        lists.append(_SurfaceList("because_you_liked", personal_rows, liked, liked_scores,
+                                  _with_reason(liked, texts["liked"], liked_anchor), liked_anchor))
+    region_of, trending_ranked, trending_scores = _trending_table(ctx)
+    trending_rows = np.array([r for r in range(b) if region_names[r] in region_of], dtype=np.int64)
+    if len(trending_rows):
+        table_rows = np.array([region_of[region_names[r]] for r in trending_rows], dtype=np.int64)
+        kept, kept_scores = surf.fill_ranked_block(
+            trending_ranked[table_rows], trending_scores[table_rows], blocked, ctx.top_n, catalog.developer,
+            ctx.max_per_developer, rows=trending_rows)
+        lists.append(_SurfaceList("trending_in_your_area", trending_rows, kept, kept_scores,
+                                  np.where(kept >= 0, surf.REASON_TRENDING, None), np.full(kept.shape, -1)))
+    if len(ctx.new_apps):
+        new_scores[~behavioural] = ctx.global_share[ctx.new_apps]
+        order = np.argsort(-new_scores, axis=1, kind="stable")  # ties: lower catalogue position
+        kept, kept_scores = surf.fill_ranked_block(
+            ctx.new_apps[order], np.take_along_axis(new_scores, order, axis=1), blocked, ctx.top_n,
+            catalog.developer, ctx.max_per_developer)
+        lists.append(_SurfaceList("new_for_you", everyone, kept, kept_scores, _with_reason(kept, texts["new"]),
+                                  np.full(kept.shape, -1)))
+    if len(ctx.featured):
+        editorial = 1.0 / np.arange(1, len(ctx.featured) + 1)
+        featured_scores[~behavioural] = editorial
+        order = np.argsort(-featured_scores, axis=1, kind="stable")  # editorial order for ties
+        kept, kept_scores = surf.fill_ranked_block(
+            ctx.featured[order], np.take_along_axis(featured_scores, order, axis=1), blocked, ctx.top_n)
+        lists.append(_SurfaceList("featured", everyone, kept, kept_scores,
+                                  np.where(kept >= 0, surf.REASON_FEATURED, None), np.full(kept.shape, -1)))
+    recommendations = _records(ctx, lists, user_ids, variants)
 
-    owned_all = (history + owned).tocoo()
+    category_columns: tuple[np.ndarray, ...] = (np.zeros(0, dtype=object),) * 4
+    boost_columns: tuple[np.ndarray, ...] = (np.zeros(0, dtype=object),) * 4
+    consented = np.flatnonzero(behavioural)
+    if len(consented) and ctx.category_weights is not None:
+        weights = ctx.category_weights[users["user_pos"].to_numpy(dtype=np.int64)[consented]]
+        picks = after[consented]
+        shown = np.where(picks >= 0, catalog.category[np.maximum(picks, 0)], -1)
+        codes, values = surf.recommended_categories_block(weights, shown, len(catalog.categories))
+        category_columns = _ranked_rows(codes, values, consented, user_ids, catalog.categories, monotone=True)
+        codes, values = surf.search_boosts_block(weights)
+        boost_columns = _ranked_rows(codes, values, consented, user_ids, catalog.categories, monotone=False)
+    query_rows: list[tuple] = []
+    if len(consented) and ctx.query_index is not None:
+        positions, query_texts = ctx.query_index
+        user_positions = users["user_pos"].to_numpy(dtype=np.int64)[consented]
+        low = np.searchsorted(positions, user_positions, "left")
+        high = np.searchsorted(positions, user_positions, "right")
+        segments = users["segment"].to_numpy(dtype=object)[consented]
+        by_segment: dict[object, list[str]] = {}  # users without searches of their own: one list per segment
+        for row, lo, hi, segment in zip(consented.tolist(), low.tolist(), high.tolist(), segments, strict=True):
+            if lo == hi:
+                if segment not in by_segment:
+                    by_segment[segment] = surf.suggested_queries([], ctx.segment_queries.get(segment, []))
+                suggestions = by_segment[segment]
+            else:
+                suggestions = surf.suggested_queries(query_texts[lo:hi].tolist(),
+                                                     ctx.segment_queries.get(segment, []))
+            query_rows.extend((user_ids[row], rank, query) for rank, query in enumerate(suggestions, start=1))
+
+    owned_all = (history + owned).tocsr()
+    owned_all.sum_duplicates()
+    owned_all = owned_all.tocoo()
     result.frames = {
-        "recommendations": pd.DataFrame.from_records(
-            records, columns=["user_id", "surface", "rank", "app_id", "score", "reason", "reason_app_id", "variant"]
-        ).assign(model_version=ctx.model_version, generated_for=ctx.date),
-        "recommended_categories": pd.DataFrame.from_records(categories_rows,
-                                                            columns=["user_id", "rank", "category", "score"]),
-        "search_personalization": pd.DataFrame.from_records(boost_rows, columns=["user_id", "category", "boost"]),
+        "recommendations": recommendations,
+        "recommended_categories": pd.DataFrame(dict(zip(["user_id", "rank", "category", "score"], category_columns,
+                                                        strict=True))),
+        "search_personalization": pd.DataFrame({"user_id": boost_columns[0], "category": boost_columns[2],
+                                                "boost": boost_columns[3]}),
         "suggested_queries": pd.DataFrame.from_records(query_rows, columns=["user_id", "rank", "query"]),
-        "exclusions": pd.DataFrame({"user_id": np.asarray(user_ids, dtype=object)[owned_all.row],
-                                    "app_id": catalog.app_ids[owned_all.col]}).drop_duplicates(),
-        "active_users": pd.DataFrame({"user_id": np.asarray(user_ids, dtype=object)[
-            capped_capacity(eligible, catalog.developer, ctx.max_per_developer) >= ctx.top_n]}),
+        "exclusions": pd.DataFrame({"user_id": user_ids[owned_all.row], "app_id": catalog.app_ids[owned_all.col]}),
+        "active_users": pd.DataFrame({"user_id": user_ids[expected]}),
     }
+    result.seconds["other_outputs"] = time.perf_counter() - for_you_done
     return result
 
 
@@ -1016,6 +1186,7 @@ def score_users(
     users, n_deleted = load_users(config, date, deleted)
     model, model_version = _load_model(config, champion)
     model_version = str(model_version)
+    stages = {"load": time.perf_counter() - started}  # seconds per stage, for the benchmark and the run record
 
     insight = ins.compute_insights(
         config, date,
@@ -1058,11 +1229,13 @@ def score_users(
     rows["user_insights"] = write_partition(partitions["user_insights"], SCHEMAS["user_insights"],
                                             _insights_frame(insight.table))
     outputs["user_insights"] = partitions["user_insights"]
+    stages["insights"] = time.perf_counter() - started - sum(stages.values())
 
     scratch = Path(tempfile.mkdtemp(prefix="scoring-", dir=_scratch_parent(config)))
     try:
         store = build_history_store(config, date, catalog, order, segment_code, len(segment_names),
                                     str(scratch / "history"))
+        stages["history_store"] = time.perf_counter() - started - sum(stages.values())
         context, similar_frame = build_context(config, date, catalog, featured, users, store, segment_names,
                                                popularity, previous, model, model_version)
         context.category_weights = insight.category_weights
@@ -1072,6 +1245,7 @@ def score_users(
             insight.queries, users["segment"].to_numpy(dtype=object), int(config.features.min_group_size))
         rows["similar_apps"] = write_partition(partitions["similar_apps"], SCHEMAS["similar_apps"], similar_frame)
         outputs["similar_apps"] = partitions["similar_apps"]
+        stages["context_and_similar_apps"] = time.perf_counter() - started - sum(stages.values())
 
         per_user = ("recommendations", "recommended_categories", "search_personalization", "suggested_queries")
         targets = {**{name: partitions[name] for name in per_user},
@@ -1082,6 +1256,7 @@ def score_users(
             stats = _score_local(context, scored, store, targets)
         rows.update(stats.pop("rows"))
         outputs.update({name: partitions[name] for name in per_user})
+        stages["blocks"] = time.perf_counter() - started - sum(stages.values())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -1103,6 +1278,9 @@ def score_users(
         "insights": insight.summary,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "seconds": round(time.perf_counter() - started, 3),
+        # Stages of the run; "blocks_detail" splits the local engine's blocks (for_you vs the rest).
+        "stage_seconds": {**{name: round(value, 3) for name, value in stages.items()},
+                          "blocks_detail": stats.get("seconds", {})},
         "expected": {
             "top_n": int(config.scoring.top_n),
             "active_users": targets["active_users"],
@@ -1145,15 +1323,22 @@ def _score_local(context: ScoringContext, scored: pd.DataFrame, store: HistorySt
     """The local engine: blocks of users through :func:`score_block`, appended to Parquet writers."""
     writers = {name: PartitionWriter(path, SCHEMAS[name]) for name, path in targets.items()}
     stats: dict[str, Any] = {"ild_before_sum": 0.0, "ild_after_sum": 0.0, "ild_count": 0, "blocks": 0}
+    seconds = dict.fromkeys(("history_read", "for_you", "other_outputs", "write"), 0.0)
     distinct = np.zeros(context.catalog.n, dtype=bool)
     try:
         for index in range(0, (len(scored) + store.block_size - 1) // store.block_size):
+            started = time.perf_counter()
             block_users = scored.iloc[index * store.block_size:(index + 1) * store.block_size]
             # The last scored block may share its bucket with inactive users: keep the scored rows.
             history = store.block(index, context.catalog.n)[:len(block_users)]
+            seconds["history_read"] += time.perf_counter() - started
             result = score_block(context, block_users, history)
+            for part, value in result.seconds.items():
+                seconds[part] += value
+            started = time.perf_counter()
             for name, frame in result.frames.items():
                 writers[name].write(frame)
+            seconds["write"] += time.perf_counter() - started
             stats["ild_before_sum"] += result.ild_before_sum
             stats["ild_after_sum"] += result.ild_after_sum
             stats["ild_count"] += result.ild_count
@@ -1168,6 +1353,7 @@ def _score_local(context: ScoringContext, scored: pd.DataFrame, store: HistorySt
         writer.close()
     stats["rows"] = {name: writers[name].rows for name in targets if name not in ("active_users", "exclusions")}
     stats["distinct_for_you_apps"] = int(distinct.sum())
+    stats["seconds"] = {part: round(value, 3) for part, value in seconds.items()}
     return stats
 
 

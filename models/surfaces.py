@@ -226,29 +226,17 @@ def fill_from_ranked(
 ) -> list[tuple[int, float]]:
     """Walk ``ranked`` positions in order, keep eligible unused apps (and the developer cap), up to ``n``.
 
-    Entries scoring below ``min_score`` are skipped.
+    Entries scoring below ``min_score`` are skipped. One user's form of :func:`fill_ranked_block`.
 
     Adds the kept apps to ``used`` (so later surfaces skip them). Returns ``[(position, score)]``.
     """
-    ranked = np.asarray(ranked, dtype=np.int64)
-    scores = np.asarray(scores, dtype=np.float64)
-    # Vectorised pre-filter (lists can be long); only the survivors are walked in Python.
-    keep = (ranked >= 0) & (scores >= min_score)
-    keep[keep] = eligible[ranked[keep]]
-    out: list[tuple[int, float]] = []
-    per_developer: dict[int, int] = {}
-    for position, score in zip(ranked[keep].tolist(), scores[keep].tolist(), strict=True):
-        if len(out) >= n:
-            break
-        if position in used:
-            continue
-        if developer is not None and max_per_developer is not None:
-            code = int(developer[position])
-            if per_developer.get(code, 0) >= max_per_developer:
-                continue
-            per_developer[code] = per_developer.get(code, 0) + 1
-        out.append((position, score))
-        used.add(position)
+    blocked = ~np.asarray(eligible, dtype=bool)[None, :]
+    blocked[0, list(used)] = True
+    picks, kept = fill_ranked_block(np.asarray(ranked)[None, :], np.asarray(scores)[None, :], blocked, n,
+                                    developer, max_per_developer, min_score)
+    valid = picks[0] >= 0
+    out = list(zip(picks[0, valid].tolist(), kept[0, valid].tolist(), strict=True))
+    used.update(position for position, _ in out)
     return out
 
 
@@ -264,14 +252,16 @@ def because_you_liked(
 ) -> list[tuple[int, float, int]]:
     """``[(app, score, anchor)]``: for the user's ``anchors`` heaviest history apps, their most
     similar eligible, unused apps (``per_anchor`` each, similarity at least
-    :data:`BECAUSE_MIN_SIMILARITY`). Ties in weight go to the lower position."""
-    order = np.lexsort((history_apps, -history_weights))
-    out: list[tuple[int, float, int]] = []
-    for anchor in history_apps[order][:anchors].tolist():
-        kept = fill_from_ranked(neighbours[anchor], neighbour_scores[anchor], eligible, used, per_anchor,
-                                min_score=BECAUSE_MIN_SIMILARITY)
-        out.extend((app, score, anchor) for app, score in kept)
-    return out
+    :data:`BECAUSE_MIN_SIMILARITY`). Ties in weight go to the lower position.
+    One user's form of :func:`because_you_liked_block`."""
+    history_apps = np.asarray(history_apps, dtype=np.int64)
+    apps, _ = sorted_histories(np.array([0, len(history_apps)]), history_apps, history_weights)
+    blocked = ~np.asarray(eligible, dtype=bool)[None, :]
+    blocked[0, list(used)] = True
+    picks, kept, anchor = because_you_liked_block(apps, neighbours, neighbour_scores, blocked, anchors, per_anchor)
+    valid = picks[0] >= 0
+    used.update(picks[0, valid].tolist())
+    return list(zip(picks[0, valid].tolist(), kept[0, valid].tolist(), anchor[0, valid].tolist(), strict=True))
 
 
 def explain_with_history(
@@ -281,13 +271,11 @@ def explain_with_history(
 
     Ties go to the heavier history app, then the lower position. Returns positions
     (all in ``history_apps``), or -1 everywhere when the history is empty.
+    One user's form of :func:`explain_block`.
     """
-    if len(history_apps) == 0:
-        return np.full(len(recommended), -1, dtype=np.int64)
-    order = np.lexsort((history_apps, -history_weights))
-    history_apps = history_apps[order]
-    similarity = catalog.similarity(np.asarray(recommended, dtype=np.int64), history_apps)
-    return history_apps[np.argmax(similarity, axis=1)]  # argmax takes the first maximum
+    history_apps = np.asarray(history_apps, dtype=np.int64)
+    apps, _ = sorted_histories(np.array([0, len(history_apps)]), history_apps, history_weights)
+    return explain_block(catalog, np.asarray(recommended, dtype=np.int64)[None, :], apps)[0]
 
 
 def recommended_categories(
@@ -297,27 +285,21 @@ def recommended_categories(
     """A user's top categories: ``0.5 * interest share + 0.5 * share of the for_you list``.
 
     ``category_weights`` is the user's interest weights per category (negative parts ignored);
-    ``list_categories`` the category codes of the user's for_you apps. Scores in [0, 1].
+    ``list_categories`` the category codes of the user's for_you apps. Scores in [0, 1], rounded
+    to 6 decimals. One user's form of :func:`recommended_categories_block`.
     """
-    interest = np.clip(np.asarray(category_weights, dtype=np.float64), 0.0, None)
-    interest = interest / interest.sum() if interest.sum() > 0 else interest
-    shown = np.bincount(np.asarray(list_categories, dtype=np.int64), minlength=len(categories)).astype(np.float64)
-    shown = shown / shown.sum() if shown.sum() > 0 else shown
-    score = 0.5 * interest + 0.5 * shown
-    order = np.lexsort((np.arange(len(score)), -score))
-    return [(categories[c], round(float(score[c]), 6)) for c in order[:n] if score[c] > 0]
+    codes, scores = recommended_categories_block(np.asarray(category_weights)[None, :],
+                                                 np.asarray(list_categories, dtype=np.int64)[None, :],
+                                                 len(categories), n)
+    return [(categories[c], round(float(v), 6)) for c, v in zip(codes[0], scores[0], strict=True) if c >= 0]
 
 
 def search_boosts(
     category_weights: np.ndarray, categories: Sequence[str], n: int = SEARCH_BOOST_CATEGORIES_N
 ) -> list[tuple[str, float]]:
     """Per-user search re-ranking boosts ``1 + interest share`` (in (1, 2]) for the top ``n`` categories."""
-    interest = np.clip(np.asarray(category_weights, dtype=np.float64), 0.0, None)
-    if interest.sum() <= 0:
-        return []
-    share = interest / interest.sum()
-    order = np.lexsort((np.arange(len(share)), -share))
-    return [(categories[c], round(1.0 + float(share[c]), 6)) for c in order[:n] if share[c] > 0]
+    codes, boosts = search_boosts_block(np.asarray(category_weights)[None, :], n)
+    return [(categories[c], round(float(v), 6)) for c, v in zip(codes[0], boosts[0], strict=True) if c >= 0]
 
 
 def popular_queries_by_segment(queries: pd.DataFrame, segment_of_user: np.ndarray, min_users: int,
@@ -358,3 +340,191 @@ def diversity_similarity(catalog: Catalog, candidates: np.ndarray) -> np.ndarray
     """``[b, p, p]`` content similarity of each user's candidate pool (MMR input, see :mod:`models.rules`)."""
     text = None if catalog.text_unit is None else catalog.text_unit[candidates]
     return rules.pairwise_similarity(catalog.category[candidates], text, CATEGORY_SIMILARITY_WEIGHT)
+
+
+# ------------------------------------------------------------------ whole blocks of users
+# The functions below are the block-vectorised forms of the per-user ones above (same
+# rules, same tie-breaking), used by batch scoring: one numpy step per list position
+# over all users of a block instead of one Python call per user.
+def fill_ranked_block(
+    ranked: np.ndarray,
+    scores: np.ndarray,
+    blocked: np.ndarray,
+    n: int,
+    developer: np.ndarray | None = None,
+    max_per_developer: int | None = None,
+    min_score: float = -np.inf,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Walk each user's ranked positions in order and keep allowed apps (and the developer cap), up to ``n``.
+
+    Args:
+        ranked: ``int [b, L]`` catalogue positions per user in walking order, ``-1`` padding.
+        scores: ``float [b, L]`` aligned with ``ranked``; entries below ``min_score`` (or NaN) are skipped.
+        blocked: ``bool [B, n_apps]``, True where an app may not be added (ineligible, or already on
+            another surface of that user); kept apps are set True here, so later surfaces skip them.
+        n: list length wanted.
+        rows: ``int [b]`` row of ``blocked`` for each list (default: row ``i`` for list ``i``).
+
+    Returns ``(positions int [b, n], scores float64 [b, n])``, ``-1``/0 padding at the end.
+    """
+    ranked = np.asarray(ranked, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    b, length = ranked.shape
+    target = np.arange(b) if rows is None else np.asarray(rows, dtype=np.int64)
+    picks = np.full((b, n), -1, dtype=np.int64)
+    picked_scores = np.zeros((b, n), dtype=np.float64)
+    capped = developer is not None and max_per_developer is not None
+    picked_dev = np.full((b, n), -1, dtype=np.int64)
+    count = np.zeros(b, dtype=np.int64)
+    active = np.arange(b)  # lists still walking: they leave once full (most fill in a few steps)
+    for j in range(length):
+        if n == 0 or not len(active):
+            break
+        position = ranked[active, j]
+        safe = np.maximum(position, 0)
+        ok = (position >= 0) & (scores[active, j] >= min_score) & ~blocked[target[active], safe]
+        if capped:
+            code = developer[safe]
+            ok &= (picked_dev[active] == code[:, None]).sum(axis=1) < max_per_developer
+        kept = active[ok]
+        slot = count[kept]
+        picks[kept, slot] = position[ok]
+        picked_scores[kept, slot] = scores[kept, j]
+        if capped:
+            picked_dev[kept, slot] = code[ok]
+        blocked[target[kept], position[ok]] = True
+        count[kept] += 1
+        active = active[count[active] < n]
+    return picks, picked_scores
+
+
+def sorted_histories(history_indptr: np.ndarray, history_indices: np.ndarray, history_data: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's history apps, heaviest first (ties: lower position), from CSR arrays.
+
+    Returns ``(apps int [b, h], weights float64 [b, h])`` with ``h`` the longest history,
+    ``-1``/0 padding at the end of shorter rows.
+    """
+    lengths = np.diff(history_indptr)
+    b = len(lengths)
+    h = int(lengths.max()) if b else 0
+    apps = np.full((b, h), -1, dtype=np.int64)
+    weights = np.zeros((b, h), dtype=np.float64)
+    if h == 0:
+        return apps, weights
+    owner = np.repeat(np.arange(b), lengths)
+    data = np.asarray(history_data, dtype=np.float64)
+    order = np.lexsort((history_indices, -data, owner))
+    slot = np.arange(len(order)) - np.repeat(history_indptr[:-1], lengths)
+    apps[owner, slot] = history_indices[order]
+    weights[owner, slot] = data[order]
+    return apps, weights
+
+
+def explain_block(catalog: Catalog, recommended: np.ndarray, history_apps: np.ndarray,
+                  sub_batch: int = 256) -> np.ndarray:
+    """:func:`explain_with_history` for a block: ``int [b, m]`` anchors (``-1`` where the
+    recommendation is padding or the history is empty).
+
+    ``recommended`` is ``int [b, m]`` positions (``-1`` padding), ``history_apps`` the
+    output of :func:`sorted_histories` (its order gives the tie-breaking). Users are
+    processed ``sub_batch`` at a time so memory is ``sub_batch * m * h`` floats.
+    """
+    b, m = recommended.shape
+    anchors = np.full((b, m), -1, dtype=np.int64)
+    for start in range(0, b, sub_batch):
+        part = slice(start, start + sub_batch)
+        lengths = (history_apps[part] >= 0).sum(axis=1)
+        h = int(lengths.max()) if len(lengths) else 0
+        if h == 0:
+            continue
+        hist = history_apps[part, :h]
+        valid = hist >= 0
+        left, right = np.maximum(recommended[part], 0), np.maximum(hist, 0)
+        same = (catalog.category[left][:, :, None] == catalog.category[right][:, None, :]).astype(np.float32)
+        if catalog.text_unit is None:
+            similarity = same
+        else:
+            cosine = np.clip(np.matmul(catalog.text_unit[left], np.swapaxes(catalog.text_unit[right], 1, 2)), 0.0, 1.0)
+            similarity = CATEGORY_SIMILARITY_WEIGHT * same + (1.0 - CATEGORY_SIMILARITY_WEIGHT) * cosine
+        similarity = np.where(valid[:, None, :], similarity, -np.inf)
+        best = np.take_along_axis(hist, np.argmax(similarity, axis=2), axis=1)  # argmax: first maximum
+        anchors[part] = np.where((recommended[part] >= 0) & (lengths > 0)[:, None], best, -1)
+    return anchors
+
+
+def because_you_liked_block(
+    history_apps: np.ndarray,
+    neighbours: np.ndarray,
+    neighbour_scores: np.ndarray,
+    blocked: np.ndarray,
+    anchors: int = BECAUSE_ANCHORS,
+    per_anchor: int = BECAUSE_PER_ANCHOR,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """because_you_liked for a block: the neighbours of each user's first ``anchors`` history apps.
+
+    ``history_apps`` comes from :func:`sorted_histories` (heaviest first); ``blocked`` and
+    ``rows`` as in :func:`fill_ranked_block`. Returns ``(apps, scores, anchor apps)``, each
+    ``[b, anchors * per_anchor]`` with ``-1``/0 padding at the end of each row.
+    """
+    b = len(history_apps)
+    width = anchors * per_anchor
+    apps = np.full((b, width), -1, dtype=np.int64)
+    scores = np.zeros((b, width), dtype=np.float64)
+    anchor_of = np.full((b, width), -1, dtype=np.int64)
+    k = neighbours.shape[1] if neighbours.ndim == 2 else 0
+    for a in range(min(anchors, history_apps.shape[1])):
+        anchor = history_apps[:, a]
+        has = anchor >= 0
+        ranked = np.where(has[:, None], neighbours[np.maximum(anchor, 0)], -1).reshape(b, k)
+        ranked_scores = neighbour_scores[np.maximum(anchor, 0)].reshape(b, k)
+        picks, kept = fill_ranked_block(ranked, ranked_scores, blocked, per_anchor,
+                                        min_score=BECAUSE_MIN_SIMILARITY, rows=rows)
+        part = slice(a * per_anchor, (a + 1) * per_anchor)
+        apps[:, part], scores[:, part] = picks, kept
+        anchor_of[:, part] = np.where(picks >= 0, anchor[:, None], -1)
+    # Close the gaps left by anchors with fewer than per_anchor picks (order kept).
+    order = np.argsort(apps < 0, axis=1, kind="stable")
+    return (np.take_along_axis(apps, order, axis=1), np.take_along_axis(scores, order, axis=1),
+            np.take_along_axis(anchor_of, order, axis=1))
+
+
+def _top_shares(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``n`` largest entries in descending order (ties: lower column) as ``(columns, values)``;
+    columns of non-positive entries are -1."""
+    order = np.argsort(-values, axis=1, kind="stable")[:, :n]
+    top = np.take_along_axis(values, order, axis=1)
+    return np.where(top > 0, order, -1), top
+
+
+def recommended_categories_block(
+    category_weights: np.ndarray, list_categories: np.ndarray, n_categories: int, n: int = RECOMMENDED_CATEGORIES_N
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`recommended_categories` for a block: ``(category codes int [b, n] with -1 padding, scores)``.
+
+    ``list_categories`` is ``int [b, m]`` category codes of the for_you apps (-1 padding).
+    Scores are not rounded (callers round the kept ones).
+    """
+    interest = np.clip(np.asarray(category_weights, dtype=np.float64), 0.0, None)
+    total = interest.sum(axis=1, keepdims=True)
+    interest = np.divide(interest, total, out=interest.copy(), where=total > 0)
+    b = len(list_categories)
+    valid = list_categories >= 0
+    rows = np.broadcast_to(np.arange(b)[:, None], list_categories.shape)
+    shown = np.bincount(rows[valid] * n_categories + list_categories[valid],
+                        minlength=b * n_categories).reshape(b, n_categories).astype(np.float64)
+    shown_total = shown.sum(axis=1, keepdims=True)
+    shown = np.divide(shown, shown_total, out=shown, where=shown_total > 0)
+    return _top_shares(0.5 * interest + 0.5 * shown, n)
+
+
+def search_boosts_block(category_weights: np.ndarray, n: int = SEARCH_BOOST_CATEGORIES_N
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search_boosts` for a block: ``(category codes int [b, n] with -1 padding, boosts 1 + share)``."""
+    interest = np.clip(np.asarray(category_weights, dtype=np.float64), 0.0, None)
+    total = interest.sum(axis=1, keepdims=True)
+    share = np.divide(interest, total, out=np.zeros_like(interest), where=total > 0)
+    codes, top = _top_shares(share, n)
+    return codes, 1.0 + top

@@ -108,3 +108,19 @@ def test_pairwise_similarity_blends_category_and_text():
 def test_cap_per_developer_greedy():
     # developer of app j is developer[j]: apps 4, 2 (dev 0) kept, 0 (third of dev 0) dropped, 1 (dev 1) kept.
     assert rules.cap_per_developer([4, 2, 0, 1, 3], np.array([0, 1, 0, 0, 0]), 2) == [4, 2, 1]
+
+
+def test_pool_similarity_rows_equal_the_full_matrix_and_give_the_same_mmr_lists():
+    codes = np.array([[0, 0, 1, 1], [2, 0, 2, 1]])
+    text = rules.unit_rows(np.array([[[1, 0], [0.6, 0.8], [0, 1], [1, 1]], [[1, 1], [0, 1], [1, 0], [0.8, 0.6]]],
+                                    dtype=np.float32))
+    full = rules.pairwise_similarity(codes, text, category_weight=0.5)
+    pool = rules.PoolSimilarity(codes, text, category_weight=0.5)
+    # Row 0 for user 0 and row 2 for user 1, e.g. user 1: sim(2, 0) = 0.5 * 1 + 0.5 * cos 0.7071.
+    assert pool.rows(np.array([0, 2])) == pytest.approx(np.stack([full[0, 0], full[1, 2]]))
+    assert pool.rows(np.array([0, 2]))[1, 0] == pytest.approx(0.5 + 0.5 * 2 ** -0.5)
+    relevance = np.array([[4.0, 3.0, 2.0, 1.0], [4.0, 3.5, 3.0, -INF]])
+    # User 0: rel_norm [1, 2/3, 1/3, 0]; after 0, objectives 1: 1/3 - 0.4, 2: 1/6 - 0, 3: 0 - 0.177 -> 2;
+    # then 1: 1/3 - 0.4 beats 3: 0 - 0.427. User 1: after 0, 1: 0.25 - 0.177 beats 2: 0 - 0.427.
+    assert rules.rerank(relevance, 3, similarity=pool, mmr_lambda=0.5).tolist() == \
+        rules.rerank(relevance, 3, similarity=full, mmr_lambda=0.5).tolist() == [[0, 2, 1], [0, 1, 2]]

@@ -144,3 +144,39 @@ def test_cold_apps_get_a_blended_content_score():
 def test_capacity_under_the_developer_cap():
     eligible = np.array([[True, True, True, True], [True, False, False, False]])
     assert capped_capacity(eligible, np.array([0, 0, 0, 1]), cap=2).tolist() == [3, 1]
+
+
+def test_fill_ranked_block_walks_each_users_list_with_its_own_rules():
+    # Two users, apps 0..4; user 0 may not see app 2, user 1 already has app 0 on another surface.
+    blocked = np.array([[False, False, True, False, False], [True, False, False, False, False]])
+    ranked = np.array([[0, 1, 2, 3, 4], [0, 2, 4, -1, -1]])
+    scores = np.array([[5.0, 4, 3, 2, 1], [9.0, 8, 0.05, 0, 0]])
+    picks, kept = surf.fill_ranked_block(ranked, scores, blocked, n=2, developer=np.array([0, 0, 1, 1, 1]),
+                                         max_per_developer=1, min_score=0.1)
+    # user 0: 0 (dev 0), 1 skipped (dev 0 full), 2 blocked, 3 kept; user 1: 0 blocked, 2 kept, 4 below 0.1.
+    assert picks.tolist() == [[0, 3], [2, -1]]
+    assert kept.tolist() == [[5.0, 2.0], [8.0, 0.0]]
+    assert blocked.tolist() == [[True, False, True, True, False], [True, False, True, False, False]]
+
+
+def test_block_forms_match_the_per_user_forms():
+    catalog = make_catalog(["games", "music", "games", "music", "news"],
+                           text=[[1, 0], [0, 1], [0.9, 0.1], [0.2, 1.0], [0.7, 0.7]])
+    history = np.array([0, 3, 1, 4]), np.array([2.0, 2.0, 1.0, 3.0])  # user 0: apps 0, 3; user 1: apps 1, 4
+    apps, weights = surf.sorted_histories(np.array([0, 2, 4]), *history)
+    assert apps.tolist() == [[0, 3], [4, 1]] and weights.tolist() == [[2.0, 2.0], [3.0, 1.0]]
+    recommended = np.array([[2, 1, -1], [0, 2, 3]])
+    anchors = surf.explain_block(catalog, recommended, apps)
+    assert anchors.tolist() == [[0, 3, -1], [4, 4, 1]]
+    for user, (lo, hi) in enumerate([(0, 2), (2, 4)]):
+        valid = recommended[user] >= 0
+        assert surf.explain_with_history(catalog, recommended[user, valid], history[0][lo:hi],
+                                         history[1][lo:hi]).tolist() == anchors[user, valid].tolist()
+    weights = np.array([[3.0, 1.0, -2.0], [0.0, 0.0, 0.0]])
+    codes, values = surf.recommended_categories_block(weights, np.array([[1, 1, 2, 0], [2, -1, -1, -1]]), 3)
+    assert [(int(c), round(float(v), 6)) for c, v in zip(codes[1], values[1], strict=True) if c >= 0] == [(2, 0.5)]
+    names = ["games", "music", "news"]
+    assert surf.recommended_categories(weights[0], [1, 1, 2, 0], names) == [
+        (names[c], round(float(v), 6)) for c, v in zip(codes[0], values[0], strict=True) if c >= 0]
+    codes, boosts = surf.search_boosts_block(weights)
+    assert codes.tolist() == [[0, 1, -1], [-1, -1, -1]] and boosts[0, :2].tolist() == [1.75, 1.25]
