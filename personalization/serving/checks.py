@@ -1,11 +1,21 @@
 """Checks that a serving version is fit to go live (before the switch) or is live (after it).
 
-Implemented as parameterised SQL, not Great Expectations: most rules here are
-relational (ranks contiguous per (user_id, surface), every active user has N
-rows, anti-joins against the denylist, exclusions and deleted users), which GX
-1.x can only express as raw-SQL ``UnexpectedRowsExpectation`` anyway, and its SQL
-datasources add seconds of start-up and another failure mode on the critical
-path of the nightly switch. The same SQL runs on SQLite and PostgreSQL.
+Great Expectations 1.x decides, with two suites kept here as code:
+
+- ``serving_user_insights`` (row level): every ``user_insights`` row of the version,
+  streamed from the database in batches of :data:`INSIGHT_CHUNK_ROWS` into pandas
+  (insights in range, required fields present);
+- ``serving_version`` (whole version): one row of violation counts, one column per
+  relational rule, computed by parameterised SQL in the database (ranks 1..N
+  contiguous with non-increasing scores per (user_id, surface), every active user has
+  N for_you rows, anti-joins against the denylist, exclusions and deleted users, ...),
+  each expected to be 0, plus each table's row count against its minimum. The rules
+  are relational, so the database computes them where the rows are (memory stays
+  bounded); only counts and a few example rows leave it.
+
+A failed expectation becomes one reason (rule name, violation count, up to
+:data:`EXAMPLES` examples). The same SQL runs on SQLite and PostgreSQL; GX runs on
+pandas in an ephemeral context created once per process (its start-up takes seconds).
 
 Identifiers come only from :mod:`personalization.serving.schema` (stable names or
 ``<name>__vNNNNNN`` built from an int); every value is a bound parameter, and the
@@ -18,6 +28,9 @@ import csv
 import io
 import itertools
 import json
+import logging
+import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +50,15 @@ EXAMPLES = 5
 CHECK_WORK_MEM = "256MB"
 #: Rows per INSERT/COPY batch when loading expectation sets into temp tables.
 _BATCH = 10_000
+#: user_insights rows per GX validation batch (read with a streaming cursor: bounded memory).
+INSIGHT_CHUNK_ROWS = 100_000
+#: Columns of user_insights the row-level suite reads (the first six are a violation's example).
+INSIGHT_COLUMNS = ("user_id", "engagement_score", "churn_risk", "lifetime_value", "best_notification_hour",
+                   "notification_cap_per_week", "model_version")
+#: The rule checked row by row by the ``serving_user_insights`` suite.
+INSIGHTS_RULE = "user_insights_null_or_out_of_range"
+#: Column prefix of the row counts in the one-row table of the ``serving_version`` suite.
+ROWS_PREFIX = "rows__"
 
 
 class ServingValidationError(RuntimeError):
@@ -204,12 +226,13 @@ def _ranked_checks(prefix: str, table: str, keys: str, score: str | None) -> lis
     return checks
 
 
-def _rules(names: dict[str, str], expectations: Expectations) -> list[tuple[str, str]]:
-    """``(check name, SQL returning the violating rows)``; parameters ``:date`` and ``:top_n``."""
+def _rules(names: dict[str, str], expectations: Expectations) -> list[tuple[str, str | None]]:
+    """``(check name, SQL returning the violating rows)`` in reason order; parameters ``:date`` and
+    ``:top_n``. SQL None: the rule is checked row by row by a GX suite instead."""
     rec, ins, sim = names["recommendations"], names["user_insights"], names["similar_apps"]
     cats, boosts, queries = (names["recommended_categories"], names["search_personalization"],
                              names["suggested_queries"])
-    rules: list[tuple[str, str]] = [
+    rules: list[tuple[str, str | None]] = [
         ("recommendations_null_fields",
          f"SELECT user_id, surface, rank, app_id FROM {rec} WHERE user_id IS NULL OR surface IS NULL "
          "OR rank IS NULL OR app_id IS NULL OR score IS NULL OR reason IS NULL OR model_version IS NULL "
@@ -224,14 +247,7 @@ def _rules(names: dict[str, str], expectations: Expectations) -> list[tuple[str,
         ("generated_for_mismatch",
          f"SELECT 'recommendations' AS tbl, user_id, generated_for FROM {rec} WHERE generated_for <> :date "
          f"UNION ALL SELECT 'user_insights', user_id, generated_for FROM {ins} WHERE generated_for <> :date"),
-        ("user_insights_null_or_out_of_range",
-         f"SELECT user_id, engagement_score, churn_risk, lifetime_value, best_notification_hour, "
-         f"notification_cap_per_week FROM {ins} WHERE user_id IS NULL OR model_version IS NULL "
-         "OR engagement_score IS NULL OR engagement_score < 0 OR engagement_score > 100 "
-         "OR churn_risk IS NULL OR churn_risk < 0 OR churn_risk > 1 "
-         "OR lifetime_value IS NULL OR lifetime_value < 0 "
-         "OR best_notification_hour < 0 OR best_notification_hour > 23 "
-         "OR notification_cap_per_week < 0"),
+        (INSIGHTS_RULE, None),  # row by row in GX: insights_suite()
         ("user_insights_duplicate_user",
          f"SELECT user_id, COUNT(*) AS copies FROM {ins} GROUP BY user_id HAVING COUNT(*) > 1"),
         ("similar_apps_null_or_self",
@@ -279,7 +295,123 @@ def _rules(names: dict[str, str], expectations: Expectations) -> list[tuple[str,
 
 
 def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars from pandas
+    if isinstance(value, float) and value != value:
+        return None  # NaN read through pandas: NULL in the database
     return value if isinstance(value, (int, float, str)) or value is None else str(value)
+
+
+# --------------------------------------------------------------- Great Expectations
+def insights_suite(name: str = "serving_user_insights") -> Any:
+    """Row-level expectations on ``user_insights``: required fields present, scores and plan in range.
+
+    engagement_score in [0, 100], churn_risk in [0, 1], lifetime_value >= 0 (currency units),
+    best_notification_hour in [0, 23] and notification_cap_per_week >= 0 when present.
+    """
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    expectations: list = [gxe.ExpectColumnValuesToNotBeNull(column=column) for column in
+                          ("user_id", "model_version", "engagement_score", "churn_risk", "lifetime_value")]
+    expectations += [
+        gxe.ExpectColumnValuesToBeBetween(column="engagement_score", min_value=0, max_value=100),
+        gxe.ExpectColumnValuesToBeBetween(column="churn_risk", min_value=0, max_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="lifetime_value", min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="best_notification_hour", min_value=0, max_value=23),
+        gxe.ExpectColumnValuesToBeBetween(column="notification_cap_per_week", min_value=0),
+    ]
+    return gx.ExpectationSuite(name=name, expectations=expectations)
+
+
+def version_suite(rule_names: Iterable[str], min_rows: dict[str, int], name: str = "serving_version") -> Any:
+    """Whole-version expectations on a one-row table: each rule's violation count is 0 and each
+    table has at least its minimum rows (column ``rows__<table>``)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    expectations: list = [gxe.ExpectTableRowCountToEqual(value=1)]
+    expectations += [gxe.ExpectColumnValuesToBeBetween(column=f"{ROWS_PREFIX}{table}", min_value=minimum)
+                     for table, minimum in sorted(min_rows.items())]
+    expectations += [gxe.ExpectColumnValuesToBeBetween(column=rule, min_value=0, max_value=0)
+                     for rule in rule_names]
+    return gx.ExpectationSuite(name=name, expectations=expectations)
+
+
+_GX_LOCK = threading.Lock()
+_GX: dict[str, Any] = {}  # one ephemeral context per process: GX start-up takes seconds
+
+
+def gx_validate(suite: Any, frame: Any, result_format: str = "SUMMARY") -> Any:
+    """Validate a pandas ``frame`` against ``suite`` (the whole frame as one batch); returns GX's result."""
+    with _GX_LOCK:
+        if not _GX:
+            os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+            import great_expectations as gx
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            # GX logs every store save at INFO; failures come back as reasons instead.
+            logging.getLogger("great_expectations").setLevel(logging.WARNING)
+            context = gx.get_context(mode="ephemeral")
+            context.variables.progress_bars = ProgressBarsConfig(globally=False)
+            _GX.update(gx=gx, context=context, source=context.data_sources.add_pandas("serving"))
+        gx, context, source = _GX["gx"], _GX["context"], _GX["source"]
+        asset = next((a for a in source.assets if a.name == suite.name), None) or source.add_dataframe_asset(suite.name)
+        batch = next((b for b in asset.batch_definitions if b.name == "whole"), None)
+        batch = batch or asset.add_batch_definition_whole_dataframe("whole")
+        suite = context.suites.add_or_update(suite)
+        definition = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=suite.name, data=batch, suite=suite))
+        return definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+
+
+def _check_insights(connection: Connection, table: str) -> tuple[int, list[list[Any]]]:
+    """Rows of ``table`` failing :func:`insights_suite`, and up to :data:`EXAMPLES` of them.
+
+    Streams the table in batches of :data:`INSIGHT_CHUNK_ROWS` (a server-side cursor on
+    PostgreSQL), so memory is one batch whatever the table's size.
+    """
+    import pandas as pd
+
+    suite = insights_suite()
+    count, examples = 0, []
+    # Per statement (Connection.execution_options would switch the whole connection to streaming).
+    result = connection.execute(sa.text(f"SELECT {', '.join(INSIGHT_COLUMNS)} FROM {table}"),
+                                execution_options={"stream_results": True, "max_row_buffer": INSIGHT_CHUNK_ROWS})
+    with result:  # closes the server-side cursor before the next statement
+        for rows in result.partitions(INSIGHT_CHUNK_ROWS):
+            frame = pd.DataFrame([tuple(row) for row in rows], columns=list(INSIGHT_COLUMNS))
+            for column in INSIGHT_COLUMNS[1:6]:
+                frame[column] = pd.to_numeric(frame[column], errors="coerce")  # NULL -> NaN (skipped in ranges)
+            validation = gx_validate(suite, frame, result_format="COMPLETE")
+            if validation.success:
+                continue
+            bad: set[int] = set()  # a row may fail several expectations: count it once
+            for outcome in validation.results:
+                if not outcome.success:
+                    bad.update(int(i) for i in outcome.result.get("unexpected_index_list") or [])
+            count += len(bad)
+            for index in sorted(bad)[:max(0, EXAMPLES - len(examples))]:
+                examples.append([_jsonable(v) for v in frame.iloc[index, :6].tolist()])
+    return count, examples
+
+
+def _version_reasons(row_counts: dict[str, int], min_rows: dict[str, int],
+                     violations: dict[str, tuple[int, list[list[Any]]]]) -> list[str]:
+    """Validate the one-row table of counts with :func:`version_suite`; one reason per failed expectation,
+    in suite order (row minimums, then the rules in :func:`_rules` order)."""
+    import pandas as pd
+
+    frame = pd.DataFrame([{**{f"{ROWS_PREFIX}{table}": row_counts[table] for table in min_rows},
+                           **{name: count for name, (count, _) in violations.items()}}])
+    result = gx_validate(version_suite(list(violations), min_rows), frame)
+    failed = {r.expectation_config.kwargs.get("column") for r in result.results if not r.success}
+    reasons = [f"{table}_too_few_rows: {row_counts[table]} row(s), expected at least {minimum}"
+               for table, minimum in sorted(min_rows.items()) if f"{ROWS_PREFIX}{table}" in failed]
+    for name, (count, examples) in violations.items():
+        if name in failed:
+            reasons.append(f"{name}: {count} violation(s), e.g. {json.dumps(examples)}")
+    return reasons
 
 
 def run_checks(
@@ -306,24 +438,25 @@ def run_checks(
     _load_temp(connection, "pe_check_denylist", iter_ids(expectations.denylist, ("app_id",)))
     _load_temp(connection, "pe_check_exclusions", users(iter_ids(expectations.exclusions, ("user_id", "app_id"))))
     params = {"date": date, "top_n": expectations.top_n}
-    reasons: list[str] = []
+    rules = _rules(names, expectations)
+    violations: dict[str, tuple[int, list[list[Any]]]] = {}
     try:
         row_counts = {
             name: int(connection.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
             for name, table in names.items()
         }
-        for table, minimum in sorted(expectations.min_rows.items()):
-            if row_counts[table] < minimum:
-                reasons.append(f"{table}_too_few_rows: {row_counts[table]} row(s), expected at least {minimum}")
-        for name, query in _rules(names, expectations):
+        for name, query in rules:
+            if query is None:
+                violations[name] = _check_insights(connection, names["user_insights"])
+                continue
             # Examples first: a passing rule (the usual case) costs one scan, not two.
             examples = connection.execute(
                 sa.text(f"SELECT * FROM ({query}) violations LIMIT {EXAMPLES}"), params).all()
+            count = 0
             if examples:
                 count = int(connection.execute(
                     sa.text(f"SELECT COUNT(*) FROM ({query}) violations"), params).scalar_one())
-                shown = json.dumps([[_jsonable(v) for v in row] for row in examples])
-                reasons.append(f"{name}: {count} violation(s), e.g. {shown}")
+            violations[name] = (count, [[_jsonable(v) for v in row] for row in examples])
     finally:
         _drop_temps(connection)
-    return reasons, row_counts
+    return _version_reasons(row_counts, expectations.min_rows, violations), row_counts
