@@ -60,7 +60,7 @@ from models.evaluation import evaluate  # noqa: E402
 from models.train import fitter  # noqa: E402
 from personalization.config import Config, load_config  # noqa: E402
 
-ALL_MODELS = ("popularity", "ease", "cf_bpr", "two_tower", "content", "blend")
+ALL_MODELS = ("popularity", "regional_popularity", "ease", "cf_bpr", "two_tower", "content", "blend")
 NEURAL = ("cf_bpr", "two_tower")
 K = 10
 
@@ -114,7 +114,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "ease_weight_power_grid": [0.0, 0.5],
             "early_stopping_patience": 5,
             "tt_lr_decay": 0.9,
-            "blend_models": ["ease", "two_tower", "cf_bpr"],
+            "blend_models": ["ease", "two_tower", "cf_bpr", "regional_popularity"],
+            "blend_weight_step": 0.05,
         },
         "model_training": {
             "cf_bpr": {"learning_rate": 0.01, "max_epochs": 40, "embedding_dim": 128},
@@ -136,17 +137,26 @@ def movielens(data_dir: Path, split_group: str) -> tuple[pd.DataFrame, pd.DataFr
     return train, test, apps
 
 
-def frappe(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(train, test, app_features) for frappe: distinct user-app pairs, per-user 80/20."""
+def frappe(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, test, app_features, user_features) for frappe: distinct user-app pairs, per-user 80/20.
+
+    The user context feature is ``country_idx``: the country a user's usage rows name most
+    often, as 1..n (0 = unknown), the same column the nightly user features carry.
+    """
     usage, meta = load_frappe(data_dir)
     pairs = usage.groupby(["user", "item"], as_index=False, sort=False)["cnt"].sum()
     train, test = stratified_split(pairs, 0.8, seed=42, group_column="user")
     apps = meta.rename(columns={"item": "app_id"})[["app_id", "category", "price", "rating"]]
-    return train, test, apps
+    known = usage[usage["country"].notna() & (usage["country"] != "unknown")]
+    country = known.groupby("user")["country"].agg(lambda values: values.value_counts().index[0])
+    codes = {name: position + 1 for position, name in enumerate(sorted(country.unique()))}
+    users = pd.DataFrame({"user_id": country.index.astype(str), "country_idx": country.map(codes).astype(np.int64)})
+    return train, test, apps, users
 
 
-def build(train: pd.DataFrame, test: pd.DataFrame, apps: pd.DataFrame, weight: str | None) -> InteractionData:
-    return from_frames(interactions_frame(train, test, weight_column=weight), app_features=apps)
+def build(train: pd.DataFrame, test: pd.DataFrame, apps: pd.DataFrame, weight: str | None,
+          users: pd.DataFrame | None = None) -> InteractionData:
+    return from_frames(interactions_frame(train, test, weight_column=weight), app_features=apps, user_features=users)
 
 
 def without_validation(data: InteractionData) -> InteractionData:
@@ -235,14 +245,15 @@ def run_model(
 def run_dataset(name: str, models: list[str], data_dir: Path, root: Path, split_group: str) -> dict[str, Any]:
     if name == "ml-100k":
         train, test, apps = movielens(data_dir, split_group)
+        users = None
         # Ratings are training weights (EASE may use them); every test rating is relevant.
         weight = "rating"
     else:
-        train, test, apps = frappe(data_dir)
+        train, test, apps, users = frappe(data_dir)
         weight = "cnt"
-    full = build(train, test, apps, weight)
+    full = build(train, test, apps, weight, users)
     inner_train, inner_validation = stratified_split(train, 0.8, seed=42, group_column="user")
-    inner = build(inner_train, inner_validation, apps, weight)
+    inner = build(inner_train, inner_validation, apps, weight, users)
     print(
         f"\n== {name}: {full.n_users} users, {full.n_apps} items, {full.train.nnz} train / "
         f"{full.validation.nnz} test pairs (inner split {inner.train.nnz}/{inner.validation.nnz})",

@@ -1,4 +1,11 @@
-"""Non-neural baselines: global popularity and EASE (Steck, 2019).
+"""Non-neural baselines: global popularity, regional popularity and EASE (Steck, 2019).
+
+Regional popularity is the share of a user's region (the user feature
+``group_popularity_column``, ``country_idx`` by default: 0 = unknown or no location
+consent) who use each app, shrunk towards the global share by a prior of
+``group_popularity_prior`` pseudo-users: ``(n_region_app + m * share_app) / (n_region + m)``.
+It is the product's "Popular in <region>" signal as a model, and a context-aware
+component for the blend.
 
 EASE learns an app-to-app weight matrix ``B`` in closed form,
 ``B = I - P diagMat(1 / diag(P))`` with ``P = (X^T X + lambda I)^-1`` over the
@@ -37,6 +44,76 @@ class PopularityRecommender(Recommender):
 
     def score(self, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
         return np.tile(self.app_scores, (len(user_ids), 1))
+
+
+class GroupPopularityRecommender(Recommender):
+    """Popularity within the user's group (region); unknown users and groups get the global share."""
+
+    name = "regional_popularity"
+
+    def __init__(self, app_ids: np.ndarray, user_ids: np.ndarray, user_groups: np.ndarray,
+                 group_scores: dict[int, np.ndarray], global_scores: np.ndarray):
+        self.app_ids = np.asarray(app_ids, dtype=object)
+        self.user_ids = np.asarray(user_ids, dtype=object)
+        #: Group of each training user (0 = unknown); a per-user parameter, removed on deletion.
+        self.user_groups = np.asarray(user_groups, dtype=np.int64)
+        self.group_scores = {int(group): np.asarray(row, dtype=np.float32) for group, row in group_scores.items()}
+        self.global_scores = np.asarray(global_scores, dtype=np.float32)
+        self._user_rows = self.user_index()
+
+    def score(self, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
+        scores = np.tile(self.global_scores, (len(user_ids), 1))
+        for row, user_id in enumerate(user_ids):
+            position = self._user_rows.get(user_id)
+            if position is not None:
+                group_row = self.group_scores.get(int(self.user_groups[position]))
+                if group_row is not None:
+                    scores[row] = group_row
+        return scores
+
+    def drop_users(self, user_ids: Sequence[str]) -> int:
+        drop = {user for user in user_ids if user in self._user_rows}
+        if not drop:
+            return 0
+        keep = np.array([user not in drop for user in self.user_ids.tolist()], dtype=bool)
+        self.user_ids = self.user_ids[keep]
+        self.user_groups = self.user_groups[keep]
+        self._user_rows = self.user_index()
+        return int((~keep).sum())
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._user_rows = self.user_index()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_user_rows", None)
+        return state
+
+
+def group_popularity(train: sp.csr_matrix, user_groups: np.ndarray, prior: float
+                     ) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Per-group app shares shrunk towards the global share, and the global share.
+
+    Args:
+        train: ``[n_users, n_apps]`` training positives (any positive weight counts once).
+        user_groups: group of each user, int; 0 means unknown and forms no group.
+        prior: pseudo-users of the global share added to each group (>= 0).
+
+    Returns:
+        ``({group: float32 [n_apps] in [0, 1]}, global float32 [n_apps] in [0, 1])``.
+    """
+    used = (sp.csr_matrix(train) > 0).astype(np.float64).tocsr()
+    active = used.getnnz(axis=1) > 0
+    n_active = max(int(active.sum()), 1)
+    global_share = np.asarray(used.sum(axis=0)).ravel() / n_active
+    groups = np.asarray(user_groups, dtype=np.int64)
+    out: dict[int, np.ndarray] = {}
+    for group in np.unique(groups[(groups != 0) & active]):
+        members = (groups == group) & active
+        counts = np.asarray(used[members].sum(axis=0)).ravel()
+        out[int(group)] = ((counts + prior * global_share) / (members.sum() + prior)).astype(np.float32)
+    return out, global_share.astype(np.float32)
 
 
 def transform_weights(matrix: sp.csr_matrix, power: float, dtype: type = np.float32) -> sp.csr_matrix:
@@ -97,6 +174,22 @@ def fit_popularity(data: InteractionData, config: Config, options: ModelOptions)
     """Popularity from the training split."""
     recommender = PopularityRecommender(data.app_ids, data.user_ids, popularity_scores(data.app_popularity()))
     return FitResult(recommender=recommender, params={"score": "distinct_train_users"})
+
+
+def fit_regional_popularity(data: InteractionData, config: Config, options: ModelOptions) -> FitResult:
+    """Popularity within each user's region (``options.group_popularity_column``) from the training split."""
+    column = options.group_popularity_column
+    if column in data.user_features.columns:
+        groups = np.nan_to_num(data.user_features[column].to_numpy(dtype=np.float64)).astype(np.int64)
+    else:
+        log.warning("user feature %r is missing: regional popularity falls back to global popularity", column)
+        groups = np.zeros(data.n_users, dtype=np.int64)
+    group_scores, global_scores = group_popularity(data.train, groups, options.group_popularity_prior)
+    recommender = GroupPopularityRecommender(data.app_ids, data.user_ids, groups, group_scores, global_scores)
+    return FitResult(
+        recommender=recommender,
+        params={"group_column": column, "group_prior": options.group_popularity_prior, "n_groups": len(group_scores)},
+    )
 
 
 def fit_ease(data: InteractionData, config: Config, options: ModelOptions) -> FitResult:

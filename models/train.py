@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 FITTERS = {
     "popularity": "models.baselines:fit_popularity",
     "ease": "models.baselines:fit_ease",
+    "regional_popularity": "models.baselines:fit_regional_popularity",
     "cf_bpr": "models.cf:fit_cf_bpr",
     "two_tower": "models.two_tower:fit_two_tower",
     "content": "models.content:fit_content",

@@ -107,7 +107,9 @@ class FeatureConfig:
 class TrainingConfig:
     #: Models trained each night; the champion is chosen among them by validation NDCG@10.
     models: list[str] = field(
-        default_factory=lambda: ["popularity", "ease", "cf_bpr", "two_tower", "content", "blend"]
+        default_factory=lambda: [
+            "popularity", "regional_popularity", "ease", "cf_bpr", "two_tower", "content", "blend"
+        ]
     )
     seed: int = 42
     embedding_dim: int = 64
@@ -161,6 +163,10 @@ class ModelOptions:
     tt_weight_decay: float = 1e-5
     #: Two-tower: catalogues up to this size are scored with the full MLP; larger ones two-stage.
     tt_full_mlp_max_apps: int = 20000
+    #: Regional popularity: the integer user feature naming the user's region (0 = unknown)
+    #: and the prior, in pseudo-users, that shrinks a small region towards global popularity.
+    group_popularity_column: str = "country_idx"
+    group_popularity_prior: float = 10.0
     #: Content model: weights of the one-hot category block and the scaled numeric block
     #: relative to the (unit-norm) text vector.
     content_category_weight: float = 1.0

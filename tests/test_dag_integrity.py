@@ -144,7 +144,9 @@ def test_nightly_params_have_json_schemas(dagbag: dict) -> None:
     assert sorted(params) == ["date", "dry_run", "models", "scale", "skip_training"]
     assert params["date"]["pattern"] == r"^(\d{4}-\d{2}-\d{2})?$"
     assert params["scale"]["enum"] == ["", "tiny", "small", "medium", "large"]
-    assert params["models"]["items"]["enum"] == ["popularity", "ease", "cf_bpr", "two_tower", "content", "blend"]
+    assert params["models"]["items"]["enum"] == [
+        "popularity", "regional_popularity", "ease", "cf_bpr", "two_tower", "content", "blend"
+    ]
     assert params["skip_training"]["type"] == params["dry_run"]["type"] == "boolean"
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.baselines import EASERecommender, ease_weights, fit_ease, fit_popularity
+from models.baselines import EASERecommender, ease_weights, fit_ease, fit_popularity, fit_regional_popularity
 from models.common import ModelOptions
 from models.content import ContentRecommender, app_feature_matrix, fit_content
 from models.data import from_frames, toy_frames
@@ -40,6 +40,25 @@ def test_popularity_scores_distinct_users() -> None:
     # 3 users each; scaled by (max + 1) = 4.
     scores = fit.recommender.score(["u1", "new"], sp.csr_matrix((2, 2)))
     assert scores.tolist() == [[0.75, 0.75], [0.75, 0.75]]
+
+
+def test_regional_popularity_shrinks_regions_towards_the_global_share() -> None:
+    # Region 1: u1 (a, b), u2 (a); region 2: u3 (b); u4 (a, b) has no known region (0).
+    users = pd.DataFrame({"user_id": ["u1", "u2", "u3", "u4"], "country_idx": [1, 1, 2, 0]})
+    data = from_frames(TWO_ITEMS, user_features=users)
+    fit = fit_regional_popularity(data, load_config(environ={}), ModelOptions(group_popularity_prior=2.0))
+    # Global share over the 4 active users: a 3/4, b 3/4.
+    # Region 1: a (2 + 2 * 0.75) / (2 + 2) = 0.875, b (1 + 1.5) / 4 = 0.625;
+    # region 2: a (0 + 1.5) / 3 = 0.5, b (1 + 1.5) / 3 = 0.8333.
+    scores = fit.recommender.score(["u1", "u3", "u4", "new"], sp.csr_matrix((4, 2)))
+    np.testing.assert_allclose(scores, [[0.875, 0.625], [0.5, 2.5 / 3], [0.75, 0.75], [0.75, 0.75]], atol=1e-6)
+    assert fit.params["n_groups"] == 2
+    # deletion removes the user's region, the user then scores like any unknown user
+    assert fit.recommender.drop_users(["u3", "nobody"]) == 1
+    np.testing.assert_allclose(fit.recommender.score(["u3"], sp.csr_matrix((1, 2))), [[0.75, 0.75]])
+    # without the column every user gets the global share
+    plain = fit_regional_popularity(from_frames(TWO_ITEMS), load_config(environ={}), ModelOptions())
+    assert plain.params["n_groups"] == 0
 
 
 def test_ease_closed_form_two_items() -> None:
