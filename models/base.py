@@ -55,3 +55,42 @@ class Recommender(abc.ABC):
         Models without per-user parameters remove nothing.
         """
         return 0
+
+
+class PerUserArraysRecommender(Recommender):
+    """A recommender whose per-user parameters are numpy arrays aligned with ``user_ids``.
+
+    Subclasses name those arrays in ``per_user_arrays`` and call :meth:`index_users`
+    after setting ``user_ids``; deletion, pickling and row lookup are shared here.
+    """
+
+    #: Attribute names of the arrays whose first axis follows ``user_ids``.
+    per_user_arrays: tuple[str, ...] = ()
+
+    def index_users(self) -> None:
+        """(Re)build the user id -> row lookup (not pickled: rebuilt on load)."""
+        self._user_rows = self.user_index()
+
+    def user_rows(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Row of each user in the per-user arrays, -1 for users unseen in training."""
+        return np.array([self._user_rows.get(user, -1) for user in user_ids], dtype=np.int64)
+
+    def drop_users(self, user_ids: Sequence[str]) -> int:
+        drop = {user for user in user_ids if user in self._user_rows}
+        if not drop:
+            return 0
+        keep = np.array([user not in drop for user in self.user_ids.tolist()], dtype=bool)
+        self.user_ids = self.user_ids[keep]
+        for name in self.per_user_arrays:
+            setattr(self, name, getattr(self, name)[keep])
+        self.index_users()
+        return int((~keep).sum())
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.index_users()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_user_rows", None)
+        return state

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from models.base import Recommender
+from models.base import PerUserArraysRecommender, Recommender
 from models.common import FitResult, ModelOptions, popularity_scores
 from models.data import InteractionData
 from models.evaluation import evaluate
@@ -46,10 +46,11 @@ class PopularityRecommender(Recommender):
         return np.tile(self.app_scores, (len(user_ids), 1))
 
 
-class GroupPopularityRecommender(Recommender):
+class GroupPopularityRecommender(PerUserArraysRecommender):
     """Popularity within the user's group (region); unknown users and groups get the global share."""
 
     name = "regional_popularity"
+    per_user_arrays = ("user_groups",)
 
     def __init__(self, app_ids: np.ndarray, user_ids: np.ndarray, user_groups: np.ndarray,
                  group_scores: dict[int, np.ndarray], global_scores: np.ndarray):
@@ -59,36 +60,16 @@ class GroupPopularityRecommender(Recommender):
         self.user_groups = np.asarray(user_groups, dtype=np.int64)
         self.group_scores = {int(group): np.asarray(row, dtype=np.float32) for group, row in group_scores.items()}
         self.global_scores = np.asarray(global_scores, dtype=np.float32)
-        self._user_rows = self.user_index()
+        self.index_users()
 
     def score(self, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
         scores = np.tile(self.global_scores, (len(user_ids), 1))
-        for row, user_id in enumerate(user_ids):
-            position = self._user_rows.get(user_id)
-            if position is not None:
-                group_row = self.group_scores.get(int(self.user_groups[position]))
-                if group_row is not None:
-                    scores[row] = group_row
+        for row, position in enumerate(self.user_rows(user_ids)):
+            group_row = self.group_scores.get(int(self.user_groups[position])) if position >= 0 else None
+            if group_row is not None:
+                scores[row] = group_row
         return scores
 
-    def drop_users(self, user_ids: Sequence[str]) -> int:
-        drop = {user for user in user_ids if user in self._user_rows}
-        if not drop:
-            return 0
-        keep = np.array([user not in drop for user in self.user_ids.tolist()], dtype=bool)
-        self.user_ids = self.user_ids[keep]
-        self.user_groups = self.user_groups[keep]
-        self._user_rows = self.user_index()
-        return int((~keep).sum())
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._user_rows = self.user_index()
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_user_rows", None)
-        return state
 
 
 def group_popularity(train: sp.csr_matrix, user_groups: np.ndarray, prior: float

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import MeanMetric
 
-from models.base import Recommender
+from models.base import PerUserArraysRecommender, Recommender
 from models.common import FitResult, ModelOptions, popularity_scores, shared_positions
 from models.data import InteractionData
 from models.lit import (
@@ -146,10 +146,11 @@ class BPRDataModule(pl.LightningDataModule):
         return DataLoader(self.validation, batch_size=512, collate_fn=self.validation.collate)
 
 
-class BPRRecommender(Recommender):
+class BPRRecommender(PerUserArraysRecommender):
     """Dot-product scoring from trained factors (numpy; no torch needed at scoring time)."""
 
     name = "cf_bpr"
+    per_user_arrays = ("user_factors",)
 
     def __init__(
         self,
@@ -168,7 +169,7 @@ class BPRRecommender(Recommender):
         self.app_bias = np.asarray(app_bias, dtype=np.float32).ravel()
         self.fallback = np.asarray(fallback, dtype=np.float32)
         self.hparams = dict(hparams)
-        self._user_rows = self.user_index()
+        self.index_users()
 
     @classmethod
     def from_module(cls, module: BPRModule, data: InteractionData) -> BPRRecommender:
@@ -184,7 +185,7 @@ class BPRRecommender(Recommender):
         )
 
     def score(self, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
-        rows = np.array([self._user_rows.get(user, -1) for user in user_ids], dtype=np.int64)
+        rows = self.user_rows(user_ids)
         vectors = np.zeros((len(user_ids), self.app_factors.shape[1]), dtype=np.float32)
         known = rows >= 0
         vectors[known] = self.user_factors[rows[known]]
@@ -201,24 +202,6 @@ class BPRRecommender(Recommender):
             scores[cold] = self.fallback
         return scores.astype(np.float32)
 
-    def drop_users(self, user_ids: Sequence[str]) -> int:
-        drop = {user for user in user_ids if user in self._user_rows}
-        if not drop:
-            return 0
-        keep = np.array([user not in drop for user in self.user_ids.tolist()], dtype=bool)
-        self.user_ids = self.user_ids[keep]
-        self.user_factors = self.user_factors[keep]
-        self._user_rows = self.user_index()
-        return int((~keep).sum())
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._user_rows = self.user_index()
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_user_rows", None)
-        return state
 
 
 def _warm_start(module: BPRModule, warm: BPRRecommender, data: InteractionData) -> None:
