@@ -1186,7 +1186,14 @@ def score_users(
     users, n_deleted = load_users(config, date, deleted)
     model, model_version = _load_model(config, champion)
     model_version = str(model_version)
-    stages = {"load": time.perf_counter() - started}  # seconds per stage, for the benchmark and the run record
+    stages: dict[str, float] = {}  # seconds per stage, for the benchmark and the run record
+    peak_mb: dict[str, float] = {}  # peak RSS (MiB) reached by the end of each stage: where memory grows
+
+    def mark(stage: str) -> None:
+        stages[stage] = time.perf_counter() - started - sum(value for name, value in stages.items() if name != stage)
+        peak_mb[stage] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+    mark("load")
 
     insight = ins.compute_insights(
         config, date,
@@ -1229,13 +1236,13 @@ def score_users(
     rows["user_insights"] = write_partition(partitions["user_insights"], SCHEMAS["user_insights"],
                                             _insights_frame(insight.table))
     outputs["user_insights"] = partitions["user_insights"]
-    stages["insights"] = time.perf_counter() - started - sum(stages.values())
+    mark("insights")
 
     scratch = Path(tempfile.mkdtemp(prefix="scoring-", dir=_scratch_parent(config)))
     try:
         store = build_history_store(config, date, catalog, order, segment_code, len(segment_names),
                                     str(scratch / "history"))
-        stages["history_store"] = time.perf_counter() - started - sum(stages.values())
+        mark("history_store")
         context, similar_frame = build_context(config, date, catalog, featured, users, store, segment_names,
                                                popularity, previous, model, model_version)
         context.category_weights = insight.category_weights
@@ -1245,7 +1252,7 @@ def score_users(
             insight.queries, users["segment"].to_numpy(dtype=object), int(config.features.min_group_size))
         rows["similar_apps"] = write_partition(partitions["similar_apps"], SCHEMAS["similar_apps"], similar_frame)
         outputs["similar_apps"] = partitions["similar_apps"]
-        stages["context_and_similar_apps"] = time.perf_counter() - started - sum(stages.values())
+        mark("context_and_similar_apps")
 
         per_user = ("recommendations", "recommended_categories", "search_personalization", "suggested_queries")
         targets = {**{name: partitions[name] for name in per_user},
@@ -1256,7 +1263,7 @@ def score_users(
             stats = _score_local(context, scored, store, targets)
         rows.update(stats.pop("rows"))
         outputs.update({name: partitions[name] for name in per_user})
-        stages["blocks"] = time.perf_counter() - started - sum(stages.values())
+        mark("blocks")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -1281,6 +1288,7 @@ def score_users(
         # Stages of the run; "blocks_detail" splits the local engine's blocks (for_you vs the rest).
         "stage_seconds": {**{name: round(value, 3) for name, value in stages.items()},
                           "blocks_detail": stats.get("seconds", {})},
+        "stage_peak_rss_mb": peak_mb,
         "expected": {
             "top_n": int(config.scoring.top_n),
             "active_users": targets["active_users"],
