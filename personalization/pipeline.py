@@ -128,16 +128,11 @@ def validate_raw_events(config: Config, date: str) -> dict[str, Any]:
     return _timed("validate_raw_events", config, date, lambda: job.main(config, date))
 
 
-def recompute_late_partitions(config: Config, date: str, validate_result: dict[str, Any] | None = None
-                              ) -> dict[str, Any]:
-    """Rebuild earlier profiles and features that tonight's late-arriving events made stale."""
-    from personalization.late_arrivals import recompute_late_partitions as recompute
+def recompute_late_partitions(config: Config, date: str) -> dict[str, Any]:
+    """Restate earlier profiles and features that tonight's late-arriving events made stale."""
+    from jobs import recompute_late_partitions as job
 
-    validate_result = validate_result or read_record(config, date, "validate_raw_events")
-    if validate_result is None:
-        raise RuntimeError(f"no validate_raw_events record for {date}: run validate_raw_events first")
-    late = list(validate_result.get("late_event_dates", []))
-    return _timed("recompute_late_partitions", config, date, lambda: recompute(config, date, late))
+    return _timed("recompute_late_partitions", config, date, lambda: job.main(config, date))
 
 
 def build_profiles(config: Config, date: str) -> dict[str, Any]:

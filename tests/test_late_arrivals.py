@@ -7,7 +7,8 @@ import pytest
 from jobs import build_profiles
 from jobs import columns as C
 from jobs import validate_raw_events as V
-from personalization.late_arrivals import recompute_late_partitions, stale_dates
+from jobs.recompute_late_partitions import main as recompute_late_partitions
+from jobs.recompute_late_partitions import stale_dates
 from personalization.privacy import lake_user_ids
 from tests.test_jobs_validate import D1, D2, _build_lake, _config
 
@@ -45,11 +46,14 @@ def test_late_purchase_is_recomputed_into_the_earlier_profile(spark, tmp_path) -
     # D2's landing batch holds e15: u2's purchase of a1 on D1, arriving a day late.
     report = V.main(config, D2, spark, run_expectations_suites=False)
     assert report["late_event_dates"] == [D1]
-    result = recompute_late_partitions(config, D2, report["late_event_dates"], spark=spark)
-    assert result == {"late_event_dates": [D1], "stale": [D1], "recomputed": [D1], "skipped": []}
+    result = recompute_late_partitions(config, D2, spark=spark)  # reads the validation report of D2
+    assert result == {"date": D2, "late_event_dates": [D1], "stale": [D1], "recomputed": [D1], "skipped": []}
     assert _purchases(spark, config, D1) == {"u1": 0, "u2": 1}
     assert spark.read.parquet(f"{config.lake_root}/gold/user_features/date={D1}").count() == 2
 
     # bounded: with the limit at 0 the stale date is reported and left alone
     config.validation.recompute_late_max_days = 0
-    assert recompute_late_partitions(config, D2, [D1], spark=spark)["skipped"] == [D1]
+    assert recompute_late_partitions(config, D2, spark=spark)["skipped"] == [D1]
+    # without D2's validation report the job says what to run first
+    with pytest.raises(FileNotFoundError, match="run validate_raw_events for 2026-10-05 first"):
+        recompute_late_partitions(config, "2026-10-05", spark=spark)

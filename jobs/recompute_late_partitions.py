@@ -1,4 +1,4 @@
-"""Recompute what late-arriving events make stale.
+"""Spark job: recompute what late-arriving events made stale.
 
 A landing batch for date D can hold events of earlier dates (late arrivals).
 ``validate_raw_events`` merges them into their own event-date partitions and lists
@@ -10,25 +10,31 @@ e reaches the profiles and features of every p in ``e .. e + window_days - 1``.
 
 Each nightly partition is built from what had landed by its own night (``known_by``
 = its date), so a rerun of that night reproduces it. :func:`stale_dates` finds the
-existing partitions that late events touch; :func:`recompute_late_partitions` restates
-the newest ``validation.recompute_late_max_days`` of them with what has landed by
-tonight (``known_by`` = D): profiles, then features, each an overwrite of one date
-partition, and reports the rest as stale-but-kept, so the cost per night stays bounded. Segments are not rebuilt:
-segment ids are matched night to night against the previous night's centroids, and
-rewriting history would re-label users behind the apps' backs.
+existing partitions that late events touch; :func:`recompute` restates the newest
+``validation.recompute_late_max_days`` of them with what has landed by tonight
+(``known_by`` = D): profiles, then features, each an overwrite of one date partition,
+and reports the rest as stale-but-kept, so the cost per night stays bounded.
+Segments are not rebuilt: segment ids are matched night to night against the previous
+night's centroids, and rewriting history would re-label users behind the apps' backs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pyspark.sql import SparkSession
+
+from jobs import build_features, build_profiles, io
+from jobs.io import list_partitions
+from jobs.spark import get_spark
 from personalization.config import Config
 from personalization.lake import Lake, check_date
 
-log = logging.getLogger("personalization.late_arrivals")
+log = logging.getLogger(__name__)
 
 
 def stale_dates(late_event_dates: Iterable[str], existing_dates: Iterable[str], run_date: str,
@@ -57,20 +63,14 @@ def stale_dates(late_event_dates: Iterable[str], existing_dates: Iterable[str], 
     return affected
 
 
-def recompute_late_partitions(config: Config, date: str, late_event_dates: Sequence[str],
-                              spark: Any | None = None) -> dict[str, Any]:
+def recompute(config: Config, date: str, late_event_dates: Sequence[str], spark: SparkSession) -> dict[str, Any]:
     """Rebuild gold profiles and features of the dates that tonight's late events made stale.
 
     Returns a JSON-able record: ``late_event_dates``, ``stale`` (every affected date),
     ``recomputed`` (the dates rebuilt, newest ``validation.recompute_late_max_days``) and
     ``skipped`` (affected dates left as they are, older than that bound).
     """
-    from jobs import build_features, build_profiles
-    from jobs.io import list_partitions
-    from jobs.spark import get_spark
-
     date = check_date(date)
-    spark = spark or get_spark(config, "recompute_late_partitions")
     lake = Lake(config)
     existing = list_partitions(spark, lake.gold("profiles"), "date")
     stale = stale_dates(late_event_dates, existing, date, config.profiles.window_days)
@@ -90,3 +90,24 @@ def recompute_late_partitions(config: Config, date: str, late_event_dates: Seque
         "recomputed": recomputed,
         "skipped": skipped,
     }
+
+
+def main(config: Config, date: str, spark: SparkSession | None = None) -> dict[str, Any]:
+    """Restate the partitions that the late events of landing date ``date`` made stale.
+
+    The late event dates come from ``validate_raw_events``' report of ``date``
+    (``reports/validation/date=D/report.json``), so this job runs after it.
+    """
+    date = check_date(date)
+    spark = spark or get_spark(config, "recompute_late_partitions")
+    report_path = f"{Lake(config).report('validation', date)}/report.json"
+    if not io.path_exists(spark, report_path):
+        raise FileNotFoundError(f"{report_path} is missing: run validate_raw_events for {date} first")
+    late_event_dates = json.loads(io.read_text(spark, report_path)).get("late_event_dates", [])
+    return {"date": date, **recompute(config, date, late_event_dates, spark)}
+
+
+if __name__ == "__main__":
+    from jobs import submit
+
+    raise SystemExit(submit.run("recompute_late_partitions", main))
