@@ -9,7 +9,7 @@ export PE_ROOT := $(CURDIR)
 export OMP_NUM_THREADS ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install run test test-fast lint generate benchmark airflow-standalone jobs-zip clean clean-var
+.PHONY: help install run test test-fast lint generate benchmark benchmark-pipeline airflow-standalone jobs-zip clean clean-var
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-20s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ generate: $(STAMP) ## Generate the synthetic world (SCALE=tiny|small|medium|larg
 
 benchmark: $(STAMP) ## Run the benchmarks; JSON and Markdown under results/
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+benchmark-pipeline: $(STAMP) ## Nightly stages per scale, growth exponents, component ratios (SCALES="tiny small medium")
+	$(BIN)/python benchmarks/bench_pipeline.py --scales $(or $(SCALES),tiny small)
 
 airflow-standalone: $(STAMP) ## Start Airflow (api-server, scheduler, ...) with this project's AIRFLOW_HOME
 	eval "$$($(BIN)/pe airflow-env)" && $(BIN)/airflow standalone

@@ -33,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import common  # noqa: E402
+
 STAGES = ("validate_raw_events", "build_profiles", "build_segments", "build_features")
 
 
@@ -87,27 +89,10 @@ def run_child(args: argparse.Namespace) -> None:
     else:
         events = read_events_window(spark, Lake(config), date, config.profiles.window_days)
         input_rows = 0 if events is None else int(events.agg(F.count(C.EVENT_ID)).first()[0])
-    print("BENCH " + json.dumps({"seconds": seconds, "input_rows": input_rows, "result": result}, default=str))
+    common.print_report({"seconds": seconds, "input_rows": input_rows, "result": result})
 
 
 # -------------------------------------------------------------------- parent
-def _tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        members = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for member in members:
-        try:
-            total += member.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
 def measure(args: argparse.Namespace, stage: str, date: str) -> dict[str, Any]:
     """Run a stage in a child process; return wall time, peak RSS and the child's report."""
     command = [
@@ -120,18 +105,9 @@ def measure(args: argparse.Namespace, stage: str, date: str) -> dict[str, Any]:
     command += ["--no-mlflow"] if args.no_mlflow else []
     command += ["--no-gx"] if args.no_gx else []
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
-    started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    peak = 0
-    while child.poll() is None:
-        peak = max(peak, _tree_rss(child.pid))
-        time.sleep(0.2)
-    stdout, stderr = child.communicate()
-    wall = time.perf_counter() - started
-    lines = [line for line in stdout.splitlines() if line.startswith("BENCH ")]
-    if child.returncode != 0 or not lines:
-        raise RuntimeError(f"{stage} {date} failed (rc={child.returncode}):\n{stderr[-4000:]}")
-    report = json.loads(lines[-1][len("BENCH "):])
+    child = common.run_child(command, env, ROOT)
+    report = child.report()
+    wall, peak = child.wall_seconds, child.peak_rss_bytes
     seconds = report["seconds"]
     return {
         "stage": stage,
