@@ -188,3 +188,26 @@ def test_serving_shows_the_apps_ids_and_data_rights_find_either_id(tmp_config: C
     # A request naming the pseudonym finds the app's id through the mapping table.
     by_pseudonym = verify_deleted(tmp_config, [_hmac_id("u1")])
     assert by_pseudonym["hits"]["raw"] == 2 and by_pseudonym["hits"]["serving_db"] == 2  # sign-up + event
+
+
+def test_purging_a_blend_reaches_its_components_user_lists() -> None:
+    """The nightly champion is often the blend: its EASE-like components keep the default drop_users."""
+    import numpy as np
+
+    from models.baselines import PopularityRecommender
+    from models.cf import BPRRecommender
+    from models.ensemble import BlendRecommender
+    from personalization.data_rights.mlflow_store import _drop
+
+    apps = np.array(["a1", "a2", "a3"], dtype=object)
+    users = np.array([_hmac_id("u1"), _hmac_id("u2"), _hmac_id("u3")], dtype=object)
+    popularity = PopularityRecommender(apps, users.copy(), np.array([0.5, 0.3, 0.1]))
+    factors = np.arange(9, dtype=np.float32).reshape(3, 3)
+    bpr = BPRRecommender(users.copy(), apps, factors, np.ones((3, 3)), np.zeros(3), np.zeros(3), {"dim": 3})
+    blend = BlendRecommender([popularity, bpr], [0.5, 0.5])
+    removed, held = _drop(blend, frozenset([_hmac_id("u2")]))
+    assert held == {_hmac_id("u2")}
+    for model in (blend, popularity, bpr):
+        assert model.user_ids.tolist() == [_hmac_id("u1"), _hmac_id("u3")]
+    np.testing.assert_array_equal(bpr.user_factors, factors[[0, 2]])
+    assert removed >= 2  # the BPR row and the popularity list entry

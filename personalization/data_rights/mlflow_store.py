@@ -171,21 +171,34 @@ def _load_recommender(path: str) -> Any | None:
     return obj if isinstance(obj, Recommender) else None
 
 
+def _models(recommender: Any) -> Iterator[Any]:
+    """The recommender and every model nested in it (an ensemble's ``components``), depth first."""
+    yield recommender
+    for component in getattr(recommender, "components", None) or ():
+        yield from _models(component)
+
+
 def _drop(recommender: Any, ids: frozenset[str]) -> tuple[int, set[str]]:
-    """Remove the ids from a Recommender; returns (rows removed, ids it held)."""
+    """Remove the ids from a Recommender and its components; returns (rows removed, ids it held)."""
     from models.base import Recommender
 
-    held = ids & {str(user) for user in recommender.user_ids.tolist()}
+    def seen(model: Any) -> set[str]:
+        users = getattr(model, "user_ids", None)
+        return set() if users is None else ids & {str(user) for user in np.asarray(users).tolist()}
+
+    held = set().union(*(seen(model) for model in _models(recommender)))
     if not held:
         return 0, held
     removed = int(recommender.drop_users(sorted(held)))
-    remaining = ids & {str(user) for user in recommender.user_ids.tolist()}
-    if remaining and type(recommender).drop_users is Recommender.drop_users:
-        # By the interface such a model has no per-user parameters: user_ids only
-        # records who was seen in training, so filtering it forgets them completely.
-        keep = np.array([str(user) not in ids for user in recommender.user_ids.tolist()], dtype=bool)
-        recommender.user_ids = recommender.user_ids[keep]
-        removed += int((~keep).sum())
+    for model in _models(recommender):
+        if seen(model) and type(model).drop_users is Recommender.drop_users:
+            # By the interface such a model has no per-user parameters: user_ids only
+            # records who was seen in training, so filtering it forgets them completely.
+            # An ensemble's drop_users reaches its components, but not this list of theirs.
+            users = np.asarray(model.user_ids)
+            keep = np.array([str(user) not in ids for user in users.tolist()], dtype=bool)
+            model.user_ids = users[keep]
+            removed += int((~keep).sum())
     return removed, held
 
 
