@@ -32,6 +32,7 @@ from models.lit import (
     fit_module,
     inverse_sqrt_schedule,
     seed_everything,
+    shuffled_batches,
 )
 from personalization.config import Config
 
@@ -140,7 +141,7 @@ class BPRDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.pairs, batch_size=self.batch_size, shuffle=True, generator=generator)
+        return shuffled_batches(self.pairs, self.batch_size, generator)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.validation, batch_size=512, collate_fn=self.validation.collate)

@@ -24,7 +24,7 @@ import numpy as np
 import pytorch_lightning as pl
 import scipy.sparse as sp
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 from torchmetrics import Metric
 
 from models.common import ModelOptions
@@ -115,6 +115,20 @@ class EvaluationRows(Dataset):
             "seen": dense_rows(self.seen, rows),
             "relevant": dense_rows(self.relevant, positions_array),
         }
+
+
+def shuffled_batches(dataset: TensorDataset, batch_size: int, generator: torch.Generator) -> DataLoader:
+    """Shuffled mini-batches of ``dataset`` that index each batch with one tensor gather.
+
+    Same permutation and batches as ``DataLoader(dataset, batch_size, shuffle=True,
+    generator=generator)``, whose default path calls ``__getitem__`` per example and then
+    stacks the scalars: ~1 s per 100k BPR pairs on CPU, more than the training step itself.
+    """
+    sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
+    # batch_size=None: the sampler yields index lists and TensorDataset gathers a batch at once.
+    # The loader draws its worker base seed from ``generator`` before the sampler shuffles, as
+    # the shuffle=True loader does, so both see the same random stream.
+    return DataLoader(dataset, sampler=sampler, batch_size=None, generator=generator)
 
 
 class EpochHistory(pl.Callback):
