@@ -360,6 +360,14 @@ def _sizes(config_path: Path, date: str, validate: dict[str, Any]) -> dict[str, 
     }
 
 
+def _setup_lines(config_path: Path, dates: list[str]) -> int:
+    """Raw lines of the landing dates ingested in setup (from their validation records)."""
+    from personalization.pipeline import read_record
+
+    config = _load(str(config_path))
+    return sum(int((read_record(config, day, "validate_raw_events") or {}).get("total", 0)) for day in dates)
+
+
 def _cached(path: Path, measure) -> dict[str, Any]:  # noqa: ANN001 - a zero-argument callable
     """A measurement kept in ``path`` (generation and setup are not repeated for an existing world)."""
     if path.exists():
@@ -390,7 +398,9 @@ def run_scale(label: str, args: argparse.Namespace) -> dict[str, Any]:
     summary = read_world_summary(load_config(str(config_path)))
     if summary is None:
         raise RuntimeError(f"no world under {folder} after generation")
-    date = summary.last_date
+    date = args.last_date or summary.last_date
+    if date not in summary.dates:
+        raise SystemExit(f"--last-date {date} is not a landing date of the {label} world ({summary.dates[0]}..)")
     setup_file = folder / "setup.json"
     if generation.get("reused") is False:
         setup_file.unlink(missing_ok=True)
@@ -404,7 +414,7 @@ def run_scale(label: str, args: argparse.Namespace) -> dict[str, Any]:
               f"peak {stages[stage]['peak_rss_mib']} MiB)", flush=True)
     sizes = _sizes(config_path, date, stages["validate_raw_events"])
     sizes["raw_lines"] = int(summary.n_lines)
-    sizes["landing_lines_setup"] = int(summary.n_lines) - sizes["landing_lines"]
+    sizes["landing_lines_setup"] = _setup_lines(config_path, summary.dates[:summary.dates.index(date)])
     for stage, record in stages.items():
         size_key = SIZE_OF[stage]
         record["size_key"], record["size"] = size_key, sizes[size_key]
@@ -434,6 +444,8 @@ def run_scale(label: str, args: argparse.Namespace) -> dict[str, Any]:
         "scale": label,
         "preset": preset,
         "date": date,
+        "history_dates": summary.dates.index(date),
+        "world_dates": len(summary.dates),
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -510,12 +522,14 @@ def scaling(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def extrapolate(records: list[dict[str, Any]], curve: dict[str, Any]) -> dict[str, Any]:
-    """Each nightly stage at 10M and 100M users, from the largest measured scale.
+    """Each nightly stage at 10M and 100M users, from the two largest measured scales.
 
-    Every size (events, interactions) is assumed to grow with users, as it does across
-    the presets (events per user stay ~100). The exponent used is the last pair's, never
-    below 1: a sub-linear fit there is fixed start-up cost that larger data amortises,
-    not a property of the work. Seconds are on this machine's 2 cores; core-seconds = 2x.
+    Every size (events, interactions) is assumed to grow with users, as it does across the
+    presets (~100 events per user). Where the last pair grows at least linearly (b >= 1),
+    the power law ``t_base * factor ** b`` is used. Where it grows sub-linearly, the stage is
+    fixed start-up cost plus linear work: ``t = t_base + slope * (size - size_base)`` with the
+    pair's marginal seconds per unit (the whole ``t_base / size_base`` if the slope is not
+    positive). Seconds are on this machine's 2 cores; core-hours = 2x.
     """
     ladder = [r for r in records if r["scale"] in ("tiny", "small", "medium", "large")]
     if not ladder:
@@ -527,10 +541,21 @@ def extrapolate(records: list[dict[str, Any]], curve: dict[str, Any]) -> dict[st
         factor = target / users
         per_stage, groups = {}, {name: 0.0 for name in SLOTS}
         for stage in NIGHTLY:
-            b = max(curve[stage]["exponent_last_pair"] or 1.0, 1.0)
-            seconds = base["stages"][stage]["seconds"] * factor**b
+            seconds_base, size_base = base["stages"][stage]["seconds"], base["stages"][stage]["size"]
+            b = curve[stage]["exponent_last_pair"]
+            points = curve[stage]["points"]
+            if b is not None and b >= 1.0:
+                model, seconds = f"power b={b:.2f}", seconds_base * factor**b
+            else:
+                slope = 0.0
+                if len(points) >= 2 and points[-1]["size"] != points[-2]["size"]:
+                    slope = (points[-1]["seconds"] - points[-2]["seconds"]) / (points[-1]["size"] - points[-2]["size"])
+                if slope <= 0:
+                    slope = seconds_base / max(size_base, 1)
+                model = f"fixed + {slope:.3g} s/unit"
+                seconds = seconds_base + slope * size_base * (factor - 1)
             core_seconds = seconds * (os.cpu_count() or 2)
-            per_stage[stage] = {"exponent_used": round(b, 3), "seconds_on_2_cores": round(seconds),
+            per_stage[stage] = {"model": model, "seconds_on_2_cores": round(seconds),
                                 "core_hours": round(core_seconds / 3600, 1)}
             groups[_group(stage)] += core_seconds
         cores = {name: round(core_seconds / (SLOTS[name] * PARALLEL_EFFICIENCY)) for name, core_seconds in
@@ -589,8 +614,8 @@ def markdown(summary: dict[str, Any]) -> str:
         s = run["sizes"]
         lines += [f"## {label} ({s['users']} users, {s['apps']} apps, {s['events']} events, "
                   f"{s['interactions']} interactions; {run['measured_at']}, commit {run['git_commit']})", "",
-                  f"Generation {run['generate'].get('seconds', 0):.1f} s; setup (ingest "
-                  f"{len(run.get('setup', {})) and s['landing_lines_setup']} earlier lines) "
+                  f"Generation {run['generate'].get('seconds', 0):.1f} s; setup (ingest {run.get('history_dates', '')} "
+                  f"earlier dates, {s['landing_lines_setup']} lines) "
                   f"{run['setup'].get('seconds', 0):.1f} s. Nightly: {run['nightly_stage_seconds']} s in stages, "
                   f"{run['nightly_wall_seconds']} s wall, peak {run['nightly_peak_rss_mib']} MiB.", "",
                   "| stage | seconds | wall s | peak RSS MiB | input rows | rows/s |",
@@ -612,8 +637,8 @@ def markdown(summary: dict[str, Any]) -> str:
                          f"{lv['batches_per_epoch']} batches): {lv['lightning_seconds']} s vs "
                          f"{lv['plain_seconds']} s, overhead {lv['overhead_pct']} %")
         scoring = components.get("scoring", {})
-        if scoring.get("results") or scoring.get("runs"):
-            lines.append(f"- scoring benchmark: {_scoring_line(scoring)}")
+        if scoring.get("ratios"):
+            lines.append(f"- scoring (bench_scoring.py at these users x apps): {_scoring_line(scoring)}")
         lines.append("")
     lines += ["## Growth exponents (seconds ~ size^b; flagged when b > 1.2)", "",
               "| stage | size | points (size: s) | b (all) | b (last pair) | flag |",
@@ -632,14 +657,14 @@ def markdown(summary: dict[str, Any]) -> str:
     if extrapolation:
         lines += ["", f"## Extrapolation from {extrapolation['base_scale']} "
                       f"({extrapolation['base_users']} users)", "",
-                  "| stage | b used | " + " | ".join(f"{int(t) // 10**6}M users: s on 2 cores / core-h"
+                  "| stage | model | " + " | ".join(f"{int(t) // 10**6}M users: s on 2 cores / core-h"
                                                     for t in extrapolation["targets"]) + " |",
                   "| --- | ---: | " + " | ".join("---:" for _ in extrapolation["targets"]) + " |"]
         first = next(iter(extrapolation["targets"].values()))
         for stage in first["stages"]:
             cells = [f"{t['stages'][stage]['seconds_on_2_cores']} / {t['stages'][stage]['core_hours']}"
                      for t in extrapolation["targets"].values()]
-            lines.append(f"| {stage} | {first['stages'][stage]['exponent_used']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {stage} | {first['stages'][stage]['model']} | " + " | ".join(cells) + " |")
         for target, values in extrapolation["targets"].items():
             lines.append(f"\n{int(target) // 10**6}M users: core-hours by group {values['core_hours_by_group']}; "
                          f"cores to fit each group's slot {extrapolation['slots_seconds']} s at "
@@ -648,12 +673,9 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def _scoring_line(scoring: dict[str, Any]) -> str:
-    """One line from bench_scoring.py's JSON (whatever its exact layout: the headline numbers)."""
-    keep = {}
-    for key, value in scoring.items():
-        if isinstance(value, (int, float, str)) and len(str(value)) < 60:
-            keep[key] = value
-    return json.dumps(keep)
+    """bench_scoring.py's headline ratios (project vs bare torch and Spark ALS; 2x/1x users memory)."""
+    ratios = scoring.get("ratios", {})
+    return ", ".join(f"{name} {value:.2f}" for name, value in sorted(ratios.items()) if isinstance(value, float))
 
 
 # ====================================================================== main
@@ -670,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spark-event-log", action="store_true", help="write Spark event logs per scale")
     parser.add_argument("--skip-components", action="store_true", help="no Lightning or scoring comparisons")
     parser.add_argument("--als-users", type=int, default=0, help="users for Spark ALS in the scoring comparison")
+    parser.add_argument("--last-date", help="run the nightly for this landing date instead of the world's last "
+                        "(a shorter history: fewer events in the window)")
     parser.add_argument("--summary-only", action="store_true", help="only rebuild pipeline.json/.md")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
