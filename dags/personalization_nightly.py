@@ -6,12 +6,17 @@ For the run's date `D` (the logical date, or the `date` param of a manual run):
 1. **validate_raw_events**: read the landing partition `raw/events/date=D`, validate it with
    Great Expectations, write clean events to `silver/events` and bad records to
    `silver/quarantine` with a reason code; fail when the bad-record rate passes the threshold.
-2. **build_profiles**, **build_segments**, **build_features**: Spark jobs writing `gold/*/date=D`.
-3. **train_models**: every configured model, one MLflow parent run with a nested run per model.
-4. **evaluate_and_promote**: the champion/challenger gate on validation NDCG@10 and guardrails.
-5. **score_users**: every active user, scored by the champion (loaded by alias), with business
+2. **recompute_late_partitions**: events that arrived late (event date before `D`) make earlier
+   `gold/profiles` and feature partitions stale; the newest `validation.recompute_late_max_days`
+   of them are rebuilt with what has landed by `D`, the rest are reported.
+3. **build_profiles**, **build_segments**, **build_features**: Spark jobs writing `gold/*/date=D`.
+4. **train_models**: every configured model, one MLflow parent run with a nested run per model.
+5. **evaluate_and_promote**: the champion/challenger gate on validation NDCG@10 and guardrails
+   (a run for a date before the live champion's data is judged against the champion as of that
+   date and never moves the live alias, so reruns and backfills are idempotent).
+6. **score_users**: every active user, scored by the champion (loaded by alias), with business
    rules, consent, diversity, explanations, surfaces and insights.
-6. **publish_serving** then **validate_serving**: an atomic version switch in the serving DB.
+7. **publish_serving** then **validate_serving**: an atomic version switch in the serving DB.
 
 Every task overwrites the partition of `D`, so clearing and rerunning a date is safe, and
 `airflow backfill create --dag-id personalization_nightly --from-date A --to-date B` rebuilds a range.
@@ -23,7 +28,7 @@ Tasks pass paths and run ids only. Configuration comes from `PE_CONFIG` / `PE_*`
 `models` (list of models to train), `skip_training` (score with the current champion),
 `dry_run` (everything up to scoring, nothing published).
 
-**Spark**: with `spark.submit_conn_id` set, the four Spark tasks are `SparkSubmitOperator`s that
+**Spark**: with `spark.submit_conn_id` set, the five Spark tasks are `SparkSubmitOperator`s that
 submit `jobs/<stage>.py --date D` with the packaged code (`make jobs-zip`,
 `spark.submit_py_files`) through that connection; otherwise they run Spark in-process.
 Either way they run in the pool `spark.pool` (default `spark`), which bounds concurrent Spark jobs.
@@ -63,6 +68,8 @@ JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
 #: The Spark stages, in order, with the assets each one updates.
 SPARK_TASKS = (
     ("validate_raw_events", [SILVER_EVENTS, SILVER_QUARANTINE]),
+    # Restates earlier profile/feature partitions that tonight's late events touched.
+    ("recompute_late_partitions", [GOLD_PROFILES, GOLD_USER_FEATURES]),
     ("build_profiles", [GOLD_PROFILES]),
     ("build_segments", [GOLD_SEGMENTS]),
     ("build_features", [GOLD_USER_FEATURES, GOLD_APP_FEATURES, GOLD_INTERACTIONS, GOLD_POPULARITY]),

@@ -7,6 +7,15 @@ alias moves to it only when it beats the champion, re-evaluated on the same
 validation data, by more than ``promotion.ndcg_margin`` NDCG@k without losing more
 than ``promotion.max_coverage_drop`` coverage or ``promotion.max_diversity_drop``
 diversity (absolute). A rejected challenger stays registered, unaliased.
+
+Point in time: every version carries the data date it was trained for (tag ``date``).
+A run for a date earlier than the live champion's (a backfill, or a rerun of an old
+night) must not be judged or scored by a model that has seen later data, and must not
+move the live alias. Such a run uses the *champion as of its date* (:func:`champion_as_of`):
+the newest version trained for that date or before that was promoted (tag
+``promotion`` = ``promoted`` or ``promoted_as_of``). A challenger that wins there is
+tagged ``promoted_as_of`` and scores that date; the alias stays where it is. Reruns of a
+date therefore see the same champion and publish the same rows.
 """
 
 from __future__ import annotations
@@ -45,16 +54,48 @@ def champion_version(config: Config) -> ModelVersion | None:
         raise
 
 
-def load_champion(config: Config) -> tuple[Recommender, str]:
-    """The champion Recommender and its registry version string (``models:/<name>@<alias>``).
+#: ``promotion`` tag values of versions that were (or are) a champion for their date.
+PROMOTED_TAGS = ("promoted", "promoted_as_of", "rollback")
 
-    Raises LookupError when no version carries the champion alias yet.
+
+def _is_after(version: ModelVersion, date: str) -> bool:
+    """True when ``version`` was trained on data later than ``date`` (untagged versions never are)."""
+    trained_for = (version.tags or {}).get("date", "")
+    return bool(trained_for) and trained_for > date
+
+
+def champion_as_of(config: Config, date: str | None = None) -> ModelVersion | None:
+    """The champion for a run of ``date``: the alias holder unless it was trained on later data.
+
+    Then (a backfill or a rerun of an old date) it is the newest version trained for
+    ``date`` or before whose ``promotion`` tag is in :data:`PROMOTED_TAGS`, or None.
     """
-    version = champion_version(config)
+    live = champion_version(config)
+    if date is None or live is None or not _is_after(live, date):
+        return live
+    client = _client(config)
+    candidates = [
+        version
+        for version in client.search_model_versions(f"name='{config.mlflow.registered_model}'")
+        if (version.tags or {}).get("promotion") in PROMOTED_TAGS
+        and (version.tags or {}).get("date")
+        and not _is_after(version, date)
+    ]
+    return max(candidates, key=lambda version: int(version.version), default=None)
+
+
+def load_champion(config: Config, as_of: str | None = None) -> tuple[Recommender, str]:
+    """The champion Recommender and its registry version number (as a string).
+
+    ``as_of`` (a run date) selects the champion as of that date (:func:`champion_as_of`);
+    None means the alias holder. Raises LookupError when there is no such champion.
+    """
+    version = champion_as_of(config, as_of)
     if version is None:
         raise LookupError(
             f"no '{config.mlflow.champion_alias}' alias on registered model "
-            f"'{config.mlflow.registered_model}' in {config.mlflow_tracking_uri}: train and promote a model first"
+            f"'{config.mlflow.registered_model}' in {config.mlflow_tracking_uri}"
+            + (f" usable for {as_of}" if as_of else "") + ": train and promote a model first"
         )
     # Load by number, not alias: the alias may move between the lookup and the load.
     recommender = load_recommender(f"models:/{config.mlflow.registered_model}/{version.version}")
@@ -126,13 +167,18 @@ def evaluate_and_promote(
     challenger_metrics = {key: float(value) for key, value in train_result["metrics"][best].items()}
     model_uri = train_result.get("model_uris", {}).get(best) or f"runs:/{train_result['runs'][best]}/model"
 
-    previous = champion_version(config)
+    date = train_result["date"]
+    live = champion_version(config)
+    # A run for a date before the live champion's data: judge against the champion as of
+    # that date and leave the live alias alone (see the module docstring).
+    backfill = live is not None and _is_after(live, date)
+    previous = champion_as_of(config, date)
     previous_version = str(previous.version) if previous is not None else None
     champion_metrics = None
     if previous is not None:
         if data is None:
-            data = load_training_data(config, train_result["date"])
-        champion, _ = load_champion(config)
+            data = load_training_data(config, date)
+        champion, _ = load_champion(config, as_of=date)
         champion_metrics = scalar_metrics(evaluate(champion, data, config.training.k))
 
     registered = mlflow.register_model(
@@ -148,20 +194,30 @@ def evaluate_and_promote(
     )
     challenger_version = str(registered.version)
     promote, reasons = promotion_decision(challenger_metrics, champion_metrics, config)
-    if promote:
+    if backfill:
+        reasons.append(
+            f"run date {date} is before the live champion v{live.version}'s data ({live.tags.get('date')}): "
+            f"judged against the champion as of {date}"
+            + (f" (v{previous_version})" if previous_version else " (none)")
+            + "; the live alias does not move"
+        )
+    if promote and not backfill:
         client.set_registered_model_alias(name, config.mlflow.champion_alias, challenger_version)
-    client.set_model_version_tag(name, challenger_version, "promotion", "promoted" if promote else "rejected")
+    tag = ("promoted_as_of" if backfill else "promoted") if promote else "rejected"
+    client.set_model_version_tag(name, challenger_version, "promotion", tag)
 
     decision = {
         "promoted": promote,
         "reasons": reasons,
         "champion_version": challenger_version if promote else previous_version,
         "previous_champion_version": previous_version,
+        "live_champion_version": str(live.version) if backfill else (challenger_version if promote else previous_version),
+        "backfill": backfill,
         "challenger_version": challenger_version,
         "challenger_model": best,
         "challenger_metrics": challenger_metrics,
         "champion_metrics": champion_metrics,
-        "date": train_result["date"],
+        "date": date,
     }
     parent = train_result.get("parent_run_id")
     if parent:

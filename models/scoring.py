@@ -1143,12 +1143,13 @@ def build_context(
     return context, similar_frame
 
 
-def _load_model(config: Config, champion: tuple[Recommender, str] | None) -> tuple[Recommender, str]:
+def _load_model(config: Config, champion: tuple[Recommender, str] | None, date: str) -> tuple[Recommender, str]:
     if champion is not None:
         return champion
     from models.registry import load_champion  # lazy: the registry module is optional at import time
 
-    return load_champion(config)
+    # The champion as of the run's date: the alias holder, unless it saw later data (backfill).
+    return load_champion(config, as_of=date)
 
 
 # --------------------------------------------------------------- entry point
@@ -1165,7 +1166,7 @@ def score_users(
 
     Args:
         deleted_users: user ids to leave out entirely (added to ``silver/deleted_users``).
-        champion: ``(model, version)``; default: ``models.registry.load_champion(config)``.
+        champion: ``(model, version)``; default: ``models.registry.load_champion(config, as_of=date)`` (the champion as of the run date).
         log_to_mlflow: log the insights models' evaluation (experiment ``config.mlflow.experiment``).
         user_ids: score only these users' lists (an experiment cell, see :mod:`models.variants`);
             ``user_insights`` still covers every user.
@@ -1184,7 +1185,7 @@ def score_users(
     deleted = load_deleted_users(config, deleted_users)
     catalog, featured = load_catalog(config, date)
     users, n_deleted = load_users(config, date, deleted)
-    model, model_version = _load_model(config, champion)
+    model, model_version = _load_model(config, champion, date)
     model_version = str(model_version)
     stages: dict[str, float] = {}  # seconds per stage, for the benchmark and the run record
     peak_mb: dict[str, float] = {}  # peak RSS (MiB) reached by the end of each stage: where memory grows

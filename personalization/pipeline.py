@@ -23,6 +23,7 @@ log = logging.getLogger("personalization.pipeline")
 
 STAGES = (
     "validate_raw_events",
+    "recompute_late_partitions",
     "build_profiles",
     "build_segments",
     "build_features",
@@ -55,6 +56,8 @@ _PSEUDONYMS = "silver/user_pseudonyms/date={date}"
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "validate_raw_events": ("raw/events/date={date}", "raw/users", "raw/apps", "silver/events",
                             "reports/gx", "reports/data_docs"),
+    "recompute_late_partitions": ("reports/validation/date={date}", "silver/events", "silver/users", "silver/apps",
+                                  "gold/profiles", "gold/segments"),
     "build_profiles": ("silver/events", "silver/users/date={date}", "silver/apps/date={date}"),
     "build_segments": ("gold/profiles/date={date}", "gold/segment_centroids"),
     "build_features": ("silver/events", "silver/users/date={date}", "silver/apps/date={date}",

@@ -105,7 +105,9 @@ def _chain(order: list[str]) -> list[list[str]]:
     return sorted([list(pair) for pair in itertools.pairwise(order)])
 
 
-SPARK_STAGES = ["validate_raw_events", "build_profiles", "build_segments", "build_features"]
+SPARK_STAGES = [
+    "validate_raw_events", "recompute_late_partitions", "build_profiles", "build_segments", "build_features"
+]
 
 
 def test_without_a_spark_connection_spark_runs_in_process_in_the_spark_pool(dagbag: dict) -> None:

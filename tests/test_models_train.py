@@ -173,6 +173,39 @@ def test_champion_challenger_promotion_and_rollback(store, toy) -> None:
     assert load_champion(weak)[1] == "1"
 
 
+def test_backfill_uses_the_champion_as_of_its_date_and_leaves_the_alias(store, toy) -> None:
+    """A run for an earlier date than the live champion's data never sees that later model."""
+    import dataclasses
+
+    weak = _config(store, "rec-asof", models=["popularity"])
+    strong = _config(store, "rec-asof", models=["ease"])
+    early = train(weak, "2026-10-01", data=dataclasses.replace(toy, date="2026-10-01"))
+    assert evaluate_and_promote(weak, early, data=toy)["promoted"] is True  # v1, data of 10-01
+    late = train(strong, "2026-10-04", data=toy)
+    assert evaluate_and_promote(strong, late, data=toy)["champion_version"] == "2"  # v2, data of 10-04
+
+    # Rerun of 10-01 (a backfill): judged against v1, not the live v2, and scored by v1.
+    assert load_champion(weak, as_of="2026-10-01")[1] == "1"
+    assert load_champion(weak, as_of="2026-10-04")[1] == "2" and load_champion(weak)[1] == "2"
+    rerun = train(weak, "2026-10-01", data=dataclasses.replace(toy, date="2026-10-01"))
+    decision = evaluate_and_promote(weak, rerun, data=toy)
+    assert (decision["backfill"], decision["promoted"], decision["champion_version"]) == (True, False, "1")
+    assert decision["live_champion_version"] == "2" and "the live alias does not move" in decision["reasons"][-1]
+    assert load_champion(weak)[1] == "2"
+
+    # A better model for 10-01 wins that date only: tagged promoted_as_of, alias unchanged.
+    better_early = train(strong, "2026-10-01", data=dataclasses.replace(toy, date="2026-10-01"))
+    decision = evaluate_and_promote(strong, better_early, data=toy)
+    assert (decision["promoted"], decision["champion_version"], decision["live_champion_version"]) == (True, "4", "2")
+    assert MlflowClient(weak.mlflow_tracking_uri).get_model_version("rec-asof", "4").tags["promotion"] == (
+        "promoted_as_of"
+    )
+    assert load_champion(weak, as_of="2026-10-02")[1] == "4" and load_champion(weak)[1] == "2"
+    # No champion existed as of an earlier date still
+    with pytest.raises(LookupError, match="usable for 2026-09-30"):
+        load_champion(weak, as_of="2026-09-30")
+
+
 def test_promotion_gate_guardrails() -> None:
     config = load_config(
         environ={}, overrides={"promotion": {"ndcg_margin": 0.01, "max_coverage_drop": 0.05, "max_diversity_drop": 0.1}}
