@@ -410,6 +410,8 @@ def run_scale(label: str, args: argparse.Namespace) -> dict[str, Any]:
     stages: dict[str, dict[str, Any]] = {}
     for stage in NIGHTLY:
         stages[stage] = _measure("stage", config_path, folder, stage, "--stage", stage, "--date", date, *profile)
+        # Progress on disk: a run stopped part-way still leaves what it measured.
+        (folder / "stages.partial.json").write_text(json.dumps(stages, indent=2, default=str))
         print(f"   {stage}: {stages[stage]['seconds']:.1f} s (wall {stages[stage]['wall_seconds']} s, "
               f"peak {stages[stage]['peak_rss_mib']} MiB)", flush=True)
     sizes = _sizes(config_path, date, stages["validate_raw_events"])
@@ -641,13 +643,15 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"- scoring (bench_scoring.py at these users x apps): {_scoring_line(scoring)}")
         lines.append("")
     lines += ["## Growth exponents (seconds ~ size^b; flagged when b > 1.2)", "",
-              "| stage | size | points (size: s) | b (all) | b (last pair) | flag |",
-              "| --- | --- | --- | ---: | ---: | --- |"]
+              "Growth ratio = (time ratio) / (size ratio) between consecutive scales; 1.0 is linear.", "",
+              "| stage | size | points (size: s) | b (all) | b (last pair) | growth ratios | flag |",
+              "| --- | --- | --- | ---: | ---: | --- | --- |"]
     for stage, fit in summary["scaling"].items():
         points = ", ".join(f"{p['scale']} {p['size']}: {p['seconds']:.1f}" for p in fit["points"])
         flag = "SUPER-LINEAR" if fit["super_linear"] else ""
+        ratios = ", ".join(f"{r['from']}->{r['to']} {r['growth_ratio']}" for r in fit["growth_ratios"])
         lines.append(f"| {stage} | {fit['size_key']} | {points} | {fit['exponent']} | "
-                     f"{fit['exponent_last_pair']} | {flag} |")
+                     f"{fit['exponent_last_pair']} | {ratios} | {flag} |")
     lines += ["", "## Memory bounds (peak RSS MiB)", "", "| scale | stage | users | events | peak RSS MiB |",
               "| --- | --- | ---: | ---: | ---: |"]
     for row in summary["memory_bounds"]:
