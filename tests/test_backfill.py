@@ -95,10 +95,6 @@ def test_backfill_twice_rebuilds_the_same_lake_partitions(two_backfills: tuple[d
     assert sorted(first["published"]) == dates  # every date was scored and published
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the registry is not point-in-time: the second backfill of an old date compares its challenger with "
-    "(and scores with) the champion trained on the newest date by the first backfill, whose validation "
-    "NDCG on the old date is inflated by leakage; see the report to the lead"))
 def test_backfill_twice_scores_and_publishes_the_same_rows(two_backfills: tuple[dict, dict, list[str]]) -> None:
     first, second, _ = two_backfills
     assert second["scored"] == first["scored"]
