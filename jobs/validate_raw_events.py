@@ -271,7 +271,10 @@ def users_snapshot(raw_users: DataFrame, consent_events: DataFrame) -> DataFrame
 
     Args:
         raw_users: raw user rows (``raw_users`` schema) plus ``date`` (the raw
-            partition); a user listed twice keeps the earliest partition's row.
+            partition). A user listed again in a later partition is a correction
+            (rectification): the latest row's profile fields (demographics, location,
+            language, zone, device) win, while ``signup_date`` and the consent given at
+            sign-up stay from the earliest row (consent changes arrive as events).
         consent_events: ``user_id``, ``ts``, ``event_id``, ``consent_type``,
             ``consent_value`` of clean consent_change events up to the date.
 
@@ -279,12 +282,14 @@ def users_snapshot(raw_users: DataFrame, consent_events: DataFrame) -> DataFrame
     flags as of the date, ``signup_consent_behavioral`` and ``consent_updated_at``.
     """
     first = Window.partitionBy(C.USER_ID).orderBy(F.col("date").asc(), F.col(C.SIGNUP_DATE).asc_nulls_last())
-    users = (
-        raw_users.where(~_blank(C.USER_ID))
-        .withColumn("_n", F.row_number().over(first))
-        .where("_n = 1")
-        .drop("_n", "date")
-    )
+    last = Window.partitionBy(C.USER_ID).orderBy(F.col("date").desc(), F.col(C.SIGNUP_DATE).asc_nulls_last())
+    listed = raw_users.where(~_blank(C.USER_ID))
+    signup_fields = [C.SIGNUP_DATE, C.CONSENT_BEHAVIORAL, C.CONSENT_LOCATION, C.CONSENT_DEMOGRAPHICS,
+                     C.CONSENT_THIRD_PARTY]
+    at_signup = listed.withColumn("_n", F.row_number().over(first)).where("_n = 1").select(C.USER_ID, *signup_fields)
+    current = listed.withColumn("_n", F.row_number().over(last)).where("_n = 1").drop("_n", "date", *signup_fields)
+    columns = [name for name in raw_users.columns if name != "date"]
+    users = current.join(at_signup, C.USER_ID).select(*columns)
     latest = Window.partitionBy(C.USER_ID, C.CONSENT_TYPE).orderBy(F.col(C.TS).desc(), F.col(C.EVENT_ID).desc())
     changes = (
         consent_events.where(F.col(C.CONSENT_TYPE).isin(*C.CONSENT_TYPES) & F.col(C.CONSENT_VALUE).isNotNull())
