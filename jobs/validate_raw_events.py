@@ -455,7 +455,11 @@ def run_expectations(
         }
         summary["success"] = summary["success"] and bool(result.success)
     if docs_sites:
-        context.build_data_docs(site_names=docs_sites)
+        from jobs.expectations.docs import build_run_docs
+
+        # Only tonight's pages: a full rebuild re-rendered every stored result, more each night.
+        build_run_docs(context, docs_sites, os.path.join(reports_root, "data_docs"), run_name,
+                       [definition.suite.name for definition in definitions])
         summary["data_docs"] = os.path.join(reports_root, "data_docs", "index.html")
     return summary
 
