@@ -17,8 +17,9 @@ Protocols
   80/20 per user with the same stratified procedure and seed; app metadata
   (category, price, rating) are the side features.
 
-No test leakage: each model first trains on an inner 80/20 per-user split of the
-training part, where its hyperparameters are chosen (EASE lambda on a grid, the
+No test leakage: each model first trains on an inner 80/20 split of the
+training part (grouped like the outer split: by item for ml-100k, by user for
+frappe), where its hyperparameters are chosen (EASE lambda on a grid, the
 epoch count of the neural models by validation NDCG@10); it is then refitted on the
 whole training part with those choices and no validation data, and evaluated once
 on the test part. The "champion" is the model with the best inner-validation NDCG,
@@ -115,7 +116,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "early_stopping_patience": 5,
             "tt_lr_decay": 0.9,
             "blend_models": ["ease", "two_tower", "cf_bpr", "regional_popularity"],
-            "blend_weight_step": 0.05,
+            "blend_weight_step": 0.1,
         },
         "model_training": {
             "cf_bpr": {"learning_rate": 0.01, "max_epochs": 40, "embedding_dim": 128},
@@ -252,7 +253,10 @@ def run_dataset(name: str, models: list[str], data_dir: Path, root: Path, split_
         train, test, apps, users = frappe(data_dir)
         weight = "cnt"
     full = build(train, test, apps, weight, users)
-    inner_train, inner_validation = stratified_split(train, 0.8, seed=42, group_column="user")
+    # The inner (model-selection) split follows the outer protocol's grouping, so choices made
+    # on it transfer to the test part: by item for ml-100k (by default), by user for frappe.
+    inner_group = split_group if name == "ml-100k" else "user"
+    inner_train, inner_validation = stratified_split(train, 0.8, seed=42, group_column=inner_group)
     inner = build(inner_train, inner_validation, apps, weight, users)
     print(
         f"\n== {name}: {full.n_users} users, {full.n_apps} items, {full.train.nnz} train / "
