@@ -109,8 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"See the task logs above; rerun one stage with `pe stage <name> --date {date}`.",
                   file=sys.stderr)
             return 1
+    from personalization import pipeline
     from personalization.summary import print_summary
 
+    # What the experiment-report DAG does after a publish (a scheduler would trigger it).
+    pipeline.experiment_report(config, date)
     print_summary(config, date)
     return 0
 

@@ -218,6 +218,23 @@ def validate_serving(config: Config, date: str, publish_result: dict[str, Any] |
     )
 
 
+def experiment_report(config: Config, date: str) -> dict[str, Any]:
+    """The day's KPIs row, then the experiment report (table, MLflow run, HTML page).
+
+    What the ``personalization_experiment_report`` DAG does after a publish; ``pe run``
+    calls it directly so the run summary can link the page.
+    """
+    from personalization import kpis
+    from personalization.experiment_report import build_report
+
+    def work() -> dict[str, Any]:
+        kpis.write_kpis(config, date, kpis.compute_kpis(config, date))
+        report = build_report(config, date)
+        return {key: report[key] for key in ("report_path", "mlflow_run_id", "rows", "experiments")}
+
+    return _timed("experiment_report", config, date, work)
+
+
 def run_all(config: Config, date: str, stages: tuple[str, ...] = STAGES) -> dict[str, dict[str, Any]]:
     """Run the stages in order in this process (the DAG's work without Airflow)."""
     results: dict[str, dict[str, Any]] = {}

@@ -105,6 +105,7 @@ def build_summary(config: Config, date: str) -> str:
     promote = read_record(config, date, "evaluate_and_promote") or {}
     score = read_record(config, date, "score_users") or {}
     publish = read_record(config, date, "publish_serving") or {}
+    experiments = read_record(config, date, "experiment_report") or {}
     counts = serving_counts(config)
     lines = [
         "",
@@ -146,6 +147,8 @@ def build_summary(config: Config, date: str) -> str:
         "  Airflow:  eval \"$(.venv/bin/pe airflow-env)\" && .venv/bin/airflow standalone   # then http://localhost:8080",
         f"  Lake:     {config.lake_root}  (quarantine: silver/quarantine, reports: reports/)",
         f"  Data Docs: {Path(config.lake_root) / 'reports' / 'data_docs'}",
+        *([f"  KPIs and A/B report: {experiments['report_path']}  (open in a browser; "
+           f"{len(experiments.get('experiments') or {})} experiment(s), KPI trends)"] if experiments else []),
         f"  Run records: {Path(config.var_dir) / 'runs' / date}",
         "=" * 78,
     ]

@@ -64,6 +64,11 @@ def test_run_prints_the_summary(nightly_run: dict) -> None:
     assert "quarantined" in out
     assert "mlflow ui" in out
     assert "airflow standalone" in out
+    # the KPIs/A-B report is written and linked (what the report DAG does after a publish)
+    report_line = next(line for line in out.splitlines() if "KPIs and A/B report:" in line)
+    report = Path(report_line.split("KPIs and A/B report:")[1].split()[0])
+    page = report.read_text()
+    assert report.name == "report.html" and "Personalization KPIs" in page and "data:image/png;base64," in page
 
 
 def test_second_run_is_idempotent(nightly_run: dict) -> None:
