@@ -225,4 +225,18 @@ def personalization_nightly():
     validate_serving(publish_serving(score_users(evaluate_and_promote(trained))))
 
 
-personalization_nightly()
+nightly_dag = personalization_nightly()
+
+
+def _attach_deadline(dag) -> None:
+    """The SLA as an Airflow 3 Deadline Alert when ``monitoring.deadline_minutes`` > 0 (parse time, no I/O)."""
+    from personalization.config import load_config
+
+    minutes = load_config().monitoring.deadline_minutes
+    if minutes > 0:
+        from personalization.alerts import deadline_alert
+
+        dag.deadline = [deadline_alert(minutes)]
+
+
+_attach_deadline(nightly_dag)

@@ -263,6 +263,10 @@ class MonitoringConfig:
 
     #: "warn" logs and alerts on a breach; "fail" also fails the monitor task.
     mode: str = "warn"
+    #: Nightly SLA: a run not finished this many minutes after it was queued raises an ``sla``
+    #: alert (Airflow 3 Deadline Alert). 0 = off, the default because Airflow 3.3's ``dag.test()``
+    #: (``make run``) cannot load deadline alerts on its SQLite metadata DB.
+    deadline_minutes: float = 0.0
     psi_warn: float = 0.1
     psi_breach: float = 0.25
     psi_bins: int = 10

@@ -36,6 +36,7 @@ for dag_id, dag in bag.dags.items():
             "application", "py_files", "application_args", "conn_id", "_conn_id", "conf")}
             for task in dag.tasks if type(task).__name__ == "SparkSubmitOperator"},
         "params": {name: dag.params.get_param(name).schema for name in dag.params.keys()},
+        "deadlines": [str(getattr(d, "interval", d)) for d in (dag.deadline or [])],
     }
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "heavy": heavy, "dags": dags}))
 """
@@ -68,7 +69,7 @@ def dagbag(tmp_path_factory) -> dict:
 def submit_dagbag(tmp_path_factory) -> dict:
     """The DAGs parsed with a Spark connection configured (the cluster shape)."""
     return _load_dagbag(tmp_path_factory.mktemp("airflow_home_submit"), PE_SPARK__SUBMIT_CONN_ID="spark_cluster",
-                        PE_SPARK__POOL="spark_jobs")
+                        PE_SPARK__POOL="spark_jobs", PE_MONITORING__DEADLINE_MINUTES="240")
 
 
 def test_dags_import_without_errors(dagbag: dict) -> None:
@@ -116,6 +117,7 @@ def test_without_a_spark_connection_spark_runs_in_process_in_the_spark_pool(dagb
     assert {stage: nightly["pools"][stage] for stage in SPARK_STAGES} == dict.fromkeys(SPARK_STAGES, "spark")
     assert nightly["pools"]["train_models"] == "default_pool"
     assert nightly["submit"] == {}
+    assert nightly["deadlines"] == []  # off by default (dag.test() cannot load deadline alerts)
 
 
 def test_with_a_spark_connection_the_spark_tasks_are_spark_submit(submit_dagbag: dict) -> None:
@@ -129,6 +131,7 @@ def test_with_a_spark_connection_the_spark_tasks_are_spark_submit(submit_dagbag:
     assert nightly["edges"] == _chain(order)
     assert {stage: nightly["types"][stage] for stage in SPARK_STAGES} == dict.fromkeys(SPARK_STAGES, "SparkSubmitOperator")
     assert nightly["types"]["train_models"] == "_PythonDecoratedOperator"
+    assert nightly["deadlines"] == ["4:00:00"]  # monitoring.deadline_minutes=240: the SLA alert
     assert {stage: nightly["pools"][stage] for stage in SPARK_STAGES} == dict.fromkeys(SPARK_STAGES, "spark_jobs")
     for stage in SPARK_STAGES:
         submit = nightly["submit"][stage]
