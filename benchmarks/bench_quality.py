@@ -75,18 +75,19 @@ ANCHORS = {
     "EASE (lambda=500)": {"ndcg@10": 0.483},
 }
 
+#: Shared ``training`` section overrides, and per-model overrides of them (both data sets).
+TRAINING: dict[str, Any] = {
+    "seed": 42, "embedding_dim": 64, "max_epochs": 25, "batch_size": 1024, "learning_rate": 0.003, "k": K,
+}
+MODEL_TRAINING: dict[str, dict[str, Any]] = {
+    "cf_bpr": {"learning_rate": 0.01, "max_epochs": 40, "embedding_dim": 128},
+    "two_tower": {"batch_size": 512},
+}
 #: Benchmark training settings per data set (``training`` section overrides, then
 #: model options). Chosen on the inner validation split, never on the test part.
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "ml-100k": {
-        "training": {
-            "seed": 42,
-            "embedding_dim": 64,
-            "max_epochs": 25,
-            "batch_size": 1024,
-            "learning_rate": 0.003,
-            "k": K,
-        },
+        "training": TRAINING,
         "options": {
             "ease_lambda_grid": [200.0, 300.0, 500.0, 700.0, 1000.0, 1500.0, 2000.0],
             "ease_weight_power_grid": [0.0, 0.5],
@@ -96,20 +97,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "tt_bce_weight": 0.1,
             "blend_models": ["ease", "two_tower", "cf_bpr"],
         },
-        "model_training": {
-            "cf_bpr": {"learning_rate": 0.01, "max_epochs": 40, "embedding_dim": 128},
-            "two_tower": {"batch_size": 512},
-        },
+        "model_training": MODEL_TRAINING,
     },
     "frappe": {
-        "training": {
-            "seed": 42,
-            "embedding_dim": 64,
-            "max_epochs": 25,
-            "batch_size": 1024,
-            "learning_rate": 0.003,
-            "k": K,
-        },
+        "training": TRAINING,
         "options": {
             "ease_lambda_grid": [10.0, 30.0, 100.0, 300.0, 1000.0],
             "ease_weight_power_grid": [0.0, 0.5],
@@ -118,10 +109,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "blend_models": ["ease", "two_tower", "cf_bpr", "regional_popularity"],
             "blend_weight_step": 0.1,
         },
-        "model_training": {
-            "cf_bpr": {"learning_rate": 0.01, "max_epochs": 40, "embedding_dim": 128},
-            "two_tower": {"batch_size": 512},
-        },
+        "model_training": MODEL_TRAINING,
     },
 }
 
