@@ -64,10 +64,15 @@ class GroupPopularityRecommender(PerUserArraysRecommender):
 
     def score(self, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
         scores = np.tile(self.global_scores, (len(user_ids), 1))
-        for row, position in enumerate(self.user_rows(user_ids)):
-            group_row = self.group_scores.get(int(self.user_groups[position])) if position >= 0 else None
+        positions = self.user_rows(user_ids)
+        groups = np.zeros(len(user_ids), dtype=np.int64)
+        known = positions >= 0
+        groups[known] = self.user_groups[positions[known]]
+        # One assignment per group present in the block, not per user.
+        for group in np.unique(groups[groups != 0]).tolist():
+            group_row = self.group_scores.get(group)
             if group_row is not None:
-                scores[row] = group_row
+                scores[groups == group] = group_row
         return scores
 
 

@@ -70,7 +70,11 @@ def champion_as_of(config: Config, date: str | None = None) -> ModelVersion | No
     Then (a backfill or a rerun of an old date) it is the newest version trained for
     ``date`` or before whose ``promotion`` tag is in :data:`PROMOTED_TAGS`, or None.
     """
-    live = champion_version(config)
+    return _champion_as_of(config, date, champion_version(config))
+
+
+def _champion_as_of(config: Config, date: str | None, live: ModelVersion | None) -> ModelVersion | None:
+    """:func:`champion_as_of` given the alias holder ``live`` (already looked up)."""
     if date is None or live is None or not _is_after(live, date):
         return live
     client = _client(config)
@@ -172,13 +176,13 @@ def evaluate_and_promote(
     # A run for a date before the live champion's data: judge against the champion as of
     # that date and leave the live alias alone (see the module docstring).
     backfill = live is not None and _is_after(live, date)
-    previous = champion_as_of(config, date)
+    previous = _champion_as_of(config, date, live)
     previous_version = str(previous.version) if previous is not None else None
     champion_metrics = None
     if previous is not None:
         if data is None:
             data = load_training_data(config, date)
-        champion, _ = load_champion(config, as_of=date)
+        champion = load_recommender(f"models:/{name}/{previous.version}")
         champion_metrics = scalar_metrics(evaluate(champion, data, config.training.k))
 
     registered = mlflow.register_model(
