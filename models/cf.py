@@ -28,6 +28,7 @@ from models.common import FitResult, ModelOptions, popularity_scores, shared_pos
 from models.data import InteractionData
 from models.lit import (
     EvaluationRows,
+    LeanLoopMixin,
     NDCGAtK,
     fit_module,
     inverse_sqrt_schedule,
@@ -58,8 +59,10 @@ class MatrixFactorization(nn.Module):
         return self.user_embedding(users) @ self.app_embedding.weight.T + self.app_bias.weight.T
 
 
-class BPRModule(pl.LightningModule):
+class BPRModule(LeanLoopMixin, pl.LightningModule):
     """BPR training of :class:`MatrixFactorization`; logs ``train/loss`` and ``val/ndcg@k``."""
+
+    epoch_means = {"train/loss": "train_loss"}
 
     def __init__(
         self,
@@ -103,8 +106,7 @@ class BPRModule(pl.LightningModule):
             + self.net.app_embedding(negatives).pow(2).sum(-1)
         )
         loss = -F.logsigmoid(margin).mean() + self.hparams.l2 * touched.mean()
-        self.train_loss(loss)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+        self.train_loss.update(loss.detach())
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -130,6 +132,9 @@ class BPRDataModule(pl.LightningDataModule):
         self.seed = seed
 
     def setup(self, stage: str | None = None) -> None:
+        # Idempotent: callers set up first (negative keys need it), then Trainer.fit calls it again.
+        if getattr(self, "validation", None) is not None:
+            return
         users, apps = self.positives.nonzero()
         self.pairs = TensorDataset(torch.from_numpy(users.astype(np.int64)), torch.from_numpy(apps.astype(np.int64)))
         self.validation = EvaluationRows(self.data)

@@ -131,18 +131,63 @@ def shuffled_batches(dataset: TensorDataset, batch_size: int, generator: torch.G
     return DataLoader(dataset, sampler=sampler, batch_size=None, generator=generator)
 
 
+class LeanLoopMixin:
+    """Removes two per-step costs Lightning adds on top of a plain loop (about 1 ms a step on CPU).
+
+    - A batch already on the CPU is used as is instead of being walked by
+      ``apply_to_collection`` to move it to the CPU.
+    - Training losses are accumulated in ``MeanMetric`` attributes and logged once per
+      epoch, from ``on_train_epoch_end``, instead of by ``self.log`` on every step.
+
+    ``epoch_means`` maps each log key (``"train/loss"``) to its ``MeanMetric`` attribute.
+    List the mixin before ``pl.LightningModule``.
+    """
+
+    epoch_means: dict[str, str] = {}
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if device.type == "cpu":
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)  # type: ignore[misc]
+
+    def on_train_epoch_end(self) -> None:
+        for key, attribute in self.epoch_means.items():
+            metric = getattr(self, attribute)
+            if metric.update_count:
+                self.log(key, metric.compute())  # type: ignore[attr-defined]
+                metric.reset()
+
+
 class EpochHistory(pl.Callback):
-    """Collects the epoch-level logged metrics (``train/loss``, ``val/ndcg@k``) after each epoch."""
+    """Collects the epoch-level logged metrics (``train/loss``, ``val/ndcg@k``) of each epoch.
+
+    An epoch's row is taken when the next epoch starts (or training ends): Lightning runs this
+    callback's ``on_train_epoch_end`` before the module's, where :class:`LeanLoopMixin` logs
+    the epoch's training losses.
+    """
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
+        self._ended: int | None = None  # the epoch that ended and has no row yet
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        row = {"epoch": float(trainer.current_epoch)}
+        self._ended = trainer.current_epoch
+
+    def _record(self, trainer: pl.Trainer) -> None:
+        if self._ended is None:
+            return
+        row = {"epoch": float(self._ended)}
         for name, value in trainer.callback_metrics.items():
             if torch.is_tensor(value) and value.numel() == 1:
                 row[name] = float(value)
         self.epochs.append(row)
+        self._ended = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer)
 
 
 class BestWeights(pl.Callback):

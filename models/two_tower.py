@@ -49,6 +49,7 @@ from models.content import _text_matrix
 from models.data import APP_NUMERIC_COLUMNS, InteractionData
 from models.lit import (
     EvaluationRows,
+    LeanLoopMixin,
     NDCGAtK,
     fit_module,
     inverse_sqrt_schedule,
@@ -270,8 +271,10 @@ class TwoTowerNet(nn.Module):
 
 
 # ------------------------------------------------------------------ Lightning
-class TwoTowerModule(pl.LightningModule):
+class TwoTowerModule(LeanLoopMixin, pl.LightningModule):
     """Training of :class:`TwoTowerNet`: sampled softmax + pointwise BCE; ``val/ndcg@k`` on full scores."""
+
+    epoch_means = {"train/loss": "train_loss", "train/softmax_loss": "train_softmax", "train/bce_loss": "train_bce"}
 
     def __init__(
         self,
@@ -373,12 +376,9 @@ class TwoTowerModule(pl.LightningModule):
         targets_bce = torch.cat([labels, torch.zeros(int(extra_is_negative.sum()), device=self.device)])
         bce = F.binary_cross_entropy_with_logits(logits, targets_bce)
         loss = softmax + self.hparams.bce_weight * bce
-        self.train_loss(loss)
-        self.train_softmax(softmax)
-        self.train_bce(bce)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
-        self.log("train/softmax_loss", self.train_softmax, on_step=False, on_epoch=True)
-        self.log("train/bce_loss", self.train_bce, on_step=False, on_epoch=True)
+        self.train_loss.update(loss.detach())
+        self.train_softmax.update(softmax.detach())
+        self.train_bce.update(bce.detach())
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -445,6 +445,9 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.history_dropout = history_dropout
 
     def setup(self, stage: str | None = None) -> None:
+        # Idempotent: callers set up first (sizes come from it), then Trainer.fit calls it again.
+        if getattr(self, "validation", None) is not None:
+            return
         self.history = self.data.train.tocsr()
         self.pos_users, self.pos_apps = (a.astype(np.int64) for a in self.positives.nonzero())
         self.neg_users, self.neg_apps = (a.astype(np.int64) for a in self.data.negatives.tocsr().nonzero())

@@ -118,3 +118,22 @@ def test_inverse_sqrt_schedule() -> None:
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([0.1, 0.1 / np.sqrt(2), 0.1 / np.sqrt(3), 0.1 / 2])
+
+
+def test_epoch_losses_are_the_mean_of_the_step_losses(toy, tmp_path) -> None:
+    """LeanLoopMixin logs each epoch's mean training loss once; CPU batches pass through untouched."""
+    batch = (torch.tensor([0, 1]), torch.tensor([2, 3]))
+    module = BPRModule(n_users=3, n_apps=4, embedding_dim=2)
+    assert module.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    module.train_loss.update(torch.tensor(1.0))
+    module.train_loss.update(torch.tensor(2.0))
+    logged = {}
+    module.log = lambda key, value: logged.update({key: float(value)})  # no Trainer attached
+    module.on_train_epoch_end()
+    assert logged == {"train/loss": 1.5}
+    assert module.train_loss.update_count == 0  # reset for the next epoch
+    fit = fit_cf_bpr(toy, _config(tmp_path, max_epochs=3), ModelOptions(early_stopping_patience=0),
+                     workdir=str(tmp_path))
+    assert [row["epoch"] for row in fit.history] == [0.0, 1.0, 2.0]
+    losses = [row["train/loss"] for row in fit.history]
+    assert len(set(losses)) == 3 and all(np.isfinite(losses))
