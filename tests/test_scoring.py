@@ -305,11 +305,13 @@ def test_insights_run_logged_to_mlflow(scored):
     assert runs[0].data.params["churn_model"] == "poisson_fallback"
 
 
-def test_blocked_scoring_matches_one_block_and_reruns_are_idempotent(scored, tmp_path):
+def test_blocked_scoring_matches_one_block_and_reruns_are_idempotent(scored, tmp_path, monkeypatch):
     root, _ = scored
     build_lake(tmp_path / "lake")
     expected = read(root, "recommendations").sort_values(["user_id", "surface", "rank"]).reset_index(drop=True)
-    for block_size in (100, 1):
+    # One block; one block scored 2 rows at a time inside; one user per block.
+    for block_size, chunk_rows in ((100, 512), (100, 2), (1, 512)):
+        monkeypatch.setattr("models.scoring.SCORE_CHUNK_ROWS", chunk_rows)
         result = score_users(make_config(tmp_path, block_size=block_size), D, deleted_users=["u5"],
                              champion=(FixedScores(FIXED), "7"), log_to_mlflow=False)
         again = read(tmp_path, "recommendations").sort_values(["user_id", "surface", "rank"]).reset_index(drop=True)
