@@ -91,9 +91,9 @@ def summarise(path: Path) -> dict[str, Any]:
                 "call_site": _call_site(info.get("Details", ""), info.get("Stage Name", "")),
                 "input_records": metric("internal.metrics.input.recordsRead"),
                 "output_records": metric("internal.metrics.output.recordsWritten"),
-                "shuffle_read_mb": round(metric("internal.metrics.shuffle.read.remoteBytesRead")
-                                         + metric("internal.metrics.shuffle.read.localBytesRead"), 1) / 2**20,
-                "shuffle_write_mb": metric("internal.metrics.shuffle.write.bytesWritten") / 2**20,
+                "shuffle_read_mb": round((metric("internal.metrics.shuffle.read.remoteBytesRead")
+                                          + metric("internal.metrics.shuffle.read.localBytesRead")) / 2**20, 1),
+                "shuffle_write_mb": round(metric("internal.metrics.shuffle.write.bytesWritten") / 2**20, 1),
                 "executor_cpu_seconds": metric("internal.metrics.executorCpuTime") / 1e9,
                 "gc_seconds": metric("internal.metrics.jvmGCTime") / 1000.0,
             }
