@@ -27,8 +27,9 @@ from models.base import PerUserArraysRecommender, Recommender
 from models.common import FitResult, ModelOptions, popularity_scores, shared_positions
 from models.data import InteractionData
 from models.lit import (
+    CpuBatchesMixin,
+    EpochMeansMixin,
     EvaluationRows,
-    LeanLoopMixin,
     NDCGAtK,
     fit_module,
     inverse_sqrt_schedule,
@@ -59,7 +60,7 @@ class MatrixFactorization(nn.Module):
         return self.user_embedding(users) @ self.app_embedding.weight.T + self.app_bias.weight.T
 
 
-class BPRModule(LeanLoopMixin, pl.LightningModule):
+class BPRModule(EpochMeansMixin, pl.LightningModule):
     """BPR training of :class:`MatrixFactorization`; logs ``train/loss`` and ``val/ndcg@k``."""
 
     epoch_means = {"train/loss": "train_loss"}
@@ -121,7 +122,7 @@ class BPRModule(LeanLoopMixin, pl.LightningModule):
         return optimizer
 
 
-class BPRDataModule(pl.LightningDataModule):
+class BPRDataModule(CpuBatchesMixin, pl.LightningDataModule):
     """Positive pairs of a CSR matrix for training; validation users for NDCG."""
 
     def __init__(self, data: InteractionData, positives: sp.csr_matrix, batch_size: int, seed: int):

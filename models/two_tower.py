@@ -48,8 +48,9 @@ from models.common import FitResult, ModelOptions, shared_positions
 from models.content import _text_matrix
 from models.data import APP_NUMERIC_COLUMNS, InteractionData
 from models.lit import (
+    CpuBatchesMixin,
+    EpochMeansMixin,
     EvaluationRows,
-    LeanLoopMixin,
     NDCGAtK,
     fit_module,
     inverse_sqrt_schedule,
@@ -271,7 +272,7 @@ class TwoTowerNet(nn.Module):
 
 
 # ------------------------------------------------------------------ Lightning
-class TwoTowerModule(LeanLoopMixin, pl.LightningModule):
+class TwoTowerModule(EpochMeansMixin, pl.LightningModule):
     """Training of :class:`TwoTowerNet`: sampled softmax + pointwise BCE; ``val/ndcg@k`` on full scores."""
 
     epoch_means = {"train/loss": "train_loss", "train/softmax_loss": "train_softmax", "train/bce_loss": "train_bce"}
@@ -424,7 +425,7 @@ class _Positions(Dataset):
         return position
 
 
-class TwoTowerDataModule(pl.LightningDataModule):
+class TwoTowerDataModule(CpuBatchesMixin, pl.LightningDataModule):
     """Training examples (positives + explicit negatives) and validation users, with history bags."""
 
     def __init__(

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models.cf import BPRModule, BPRRecommender, _warm_start, fit_cf_bpr
+from models.cf import BPRDataModule, BPRModule, BPRRecommender, _warm_start, fit_cf_bpr
 from models.common import ModelOptions
 from models.data import from_frames, toy_frames
 from models.evaluation import evaluate
@@ -121,10 +121,11 @@ def test_inverse_sqrt_schedule() -> None:
 
 
 def test_epoch_losses_are_the_mean_of_the_step_losses(toy, tmp_path) -> None:
-    """LeanLoopMixin logs each epoch's mean training loss once; CPU batches pass through untouched."""
+    """EpochMeansMixin logs each epoch's mean training loss once; CPU batches pass through untouched."""
     batch = (torch.tensor([0, 1]), torch.tensor([2, 3]))
+    datamodule = BPRDataModule(toy, toy.train, batch_size=4, seed=0)
+    assert datamodule.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
     module = BPRModule(n_users=3, n_apps=4, embedding_dim=2)
-    assert module.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
     module.train_loss.update(torch.tensor(1.0))
     module.train_loss.update(torch.tensor(2.0))
     logged = {}
