@@ -736,11 +736,10 @@ def rule_groups(ctx: ScoringContext, users: pd.DataFrame) -> tuple[np.ndarray, n
     return allowed, inverse.reshape(-1)
 
 
-def blocked_apps(ctx: ScoringContext, users: pd.DataFrame, owned: Sequence[sp.csr_matrix],
-                 groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def blocked_apps(groups: tuple[np.ndarray, np.ndarray], owned: Sequence[sp.csr_matrix]) -> np.ndarray:
     """``bool [b, n]``: True where an app may not be recommended to the user (``~`` :func:`rules.eligibility`
     per :func:`rule_groups`, gathered per user), or is owned (any stored entry of ``owned``)."""
-    allowed, group = groups if groups is not None else rule_groups(ctx, users)
+    allowed, group = groups
     blocked = (~allowed)[group]
     for matrix in owned:
         if matrix is not None and matrix.nnz:
@@ -988,7 +987,7 @@ def score_block(ctx: ScoringContext, users: pd.DataFrame, history: sp.csr_matrix
     personal = behavioural & has_history
     owned = _owned_matrix(ctx, users)
     groups = rule_groups(ctx, users)
-    blocked = blocked_apps(ctx, users, (history, owned), groups)
+    blocked = blocked_apps(groups, (history, owned))
     personal_rows, other_rows = np.flatnonzero(personal), np.flatnonzero(~personal)
     before, after, after_scores, new_scores, featured_scores, level = _for_you_lists(
         ctx, users, user_ids, history, personal, behavioural, groups, (history, owned))
