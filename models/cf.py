@@ -131,8 +131,11 @@ class BPRModule(EpochMeansMixin, pl.LightningModule):
 class BPRDataModule(CpuBatchesMixin, pl.LightningDataModule):
     """Positive pairs of a CSR matrix for training; validation users for NDCG."""
 
-    def __init__(self, data: InteractionData, positives: sp.csr_matrix, batch_size: int, seed: int):
+    def __init__(
+        self, data: InteractionData, positives: sp.csr_matrix, batch_size: int, seed: int, val_max_users: int = 0
+    ):
         super().__init__()
+        self.val_max_users = val_max_users
         self.data = data
         self.positives = positives.tocsr()
         self.batch_size = batch_size
@@ -144,7 +147,7 @@ class BPRDataModule(CpuBatchesMixin, pl.LightningDataModule):
             return
         users, apps = self.positives.nonzero()
         self.pairs = TensorDataset(torch.from_numpy(users.astype(np.int64)), torch.from_numpy(apps.astype(np.int64)))
-        self.validation = EvaluationRows(self.data)
+        self.validation = EvaluationRows(self.data, self.val_max_users, self.seed)
 
     def positive_keys(self) -> torch.Tensor:
         """Sorted user * n_apps + app keys of every training positive (not only the fine-tuned ones)."""
@@ -256,7 +259,7 @@ def fit_cf_bpr(
     if incremental:
         _warm_start(module, warm_start, data)
     positives = data.fine_tune_matrix() if incremental else data.train
-    datamodule = BPRDataModule(data, positives, training.batch_size, training.seed)
+    datamodule = BPRDataModule(data, positives, training.batch_size, training.seed, options.epoch_val_max_users)
     datamodule.setup()
     module.set_positive_keys(datamodule.positive_keys())
     run = fit_module(config, options, module, datamodule, "cf_bpr", incremental, workdir)

@@ -6,7 +6,8 @@
   best-epoch weights (the epoch is chosen on validation NDCG only);
 - :func:`make_trainer`: one deterministic Trainer configuration for every model;
 - :func:`fit_module`: the shared fit (best validation epoch kept, checkpoint saved);
-- :func:`inverse_sqrt_schedule`: the incremental-training rate base / sqrt(1 + iteration).
+- :func:`inverse_sqrt_schedule`: the incremental-training rate base / sqrt(1 + iteration);
+- :class:`LazyAdamW`: AdamW for dense parameters, lazy Adam for sparse embedding gradients.
 """
 
 from __future__ import annotations
@@ -86,8 +87,13 @@ class EvaluationRows(Dataset):
     :func:`models.evaluation.evaluate` counts them.
     """
 
-    def __init__(self, data: InteractionData):
+    def __init__(self, data: InteractionData, max_users: int = 0, seed: int = 0):
+        """``max_users`` > 0 keeps a seeded uniform sample of that many validation users
+        (the per-epoch NDCG picks the best epoch; it need not score every user)."""
         rows, truth = evaluation_users(data)
+        if 0 < max_users < len(rows):
+            keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_users, replace=False))
+            rows, truth = rows[keep], [truth[position] for position in keep]
         self.rows = rows
         self.seen = data.train.tocsr()
         n_apps = data.n_apps
@@ -323,3 +329,66 @@ def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Lightning scheduler config: learning rate = base / sqrt(1 + iteration), stepped every batch."""
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: 1.0 / math.sqrt(1.0 + iteration))
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+
+
+class LazyAdamW(torch.optim.Optimizer):
+    """AdamW for dense gradients and lazy Adam for sparse ones, in one optimizer.
+
+    ``nn.Embedding(sparse=True)`` tables get sparse gradients; their moments, weights and
+    decoupled weight decay are updated only at the rows a batch touched (as
+    ``torch.optim.SparseAdam`` does), so a step costs the batch's rows, not the table's
+    (a dense AdamW step over a 100k-user x 64 table measured 60+ ms on 2 cores). Dense
+    parameters follow ``torch.optim.AdamW`` exactly. One optimizer, so Lightning's automatic
+    optimization, learning-rate schedulers and checkpoints work unchanged.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # noqa: ANN401 - the closure's loss, as torch optimizers return it
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                step_size = lr / (1.0 - beta1**step)
+                bias_root = math.sqrt(1.0 - beta2**step)
+                grad = param.grad
+                if grad.is_sparse:
+                    grad = grad.coalesce()
+                    rows, values = grad.indices()[0], grad.values()
+                    row_avg = exp_avg[rows].lerp_(values, 1.0 - beta1)
+                    row_avg_sq = exp_avg_sq[rows].mul_(beta2).addcmul_(values, values, value=1.0 - beta2)
+                    exp_avg[rows] = row_avg
+                    exp_avg_sq[rows] = row_avg_sq
+                    weights = param[rows]
+                    if decay:
+                        weights.mul_(1.0 - lr * decay)
+                    weights.addcdiv_(row_avg, row_avg_sq.sqrt_().div_(bias_root).add_(eps), value=-step_size)
+                    param[rows] = weights
+                else:
+                    if decay:
+                        param.mul_(1.0 - lr * decay)
+                    exp_avg.lerp_(grad, 1.0 - beta1)
+                    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+                    param.addcdiv_(exp_avg, (exp_avg_sq.sqrt() / bias_root).add_(eps), value=-step_size)
+        return loss

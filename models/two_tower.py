@@ -51,6 +51,7 @@ from models.lit import (
     CpuBatchesMixin,
     EpochMeansMixin,
     EvaluationRows,
+    LazyAdamW,
     NDCGAtK,
     fit_module,
     inverse_sqrt_schedule,
@@ -217,10 +218,12 @@ class TwoTowerNet(nn.Module):
     ):
         super().__init__()
         d, side = embedding_dim, SIDE_EMBEDDING_DIM
-        self.user_id_embedding = nn.Embedding(n_users + 1, d)
-        self.history_embedding = nn.EmbeddingBag(n_apps, d, mode="sum")
+        # The id tables get sparse gradients: a batch touches a few of their rows, and
+        # LazyAdamW updates only those (a dense step over 100k users x 64 cost 60+ ms).
+        self.user_id_embedding = nn.Embedding(n_users + 1, d, sparse=True)
+        self.history_embedding = nn.EmbeddingBag(n_apps, d, mode="sum", sparse=True)
         self.segment_embedding = nn.Embedding(n_segments + 1, side)
-        self.app_id_embedding = nn.Embedding(n_apps + 1, d)
+        self.app_id_embedding = nn.Embedding(n_apps + 1, d, sparse=True)
         self.category_embedding = nn.Embedding(n_categories + 1, side)
         self.user_tower = _mlp(2 * d + side + n_user_numeric, hidden_dim, d, dropout)
         self.app_tower = _mlp(d + side + n_app_numeric + text_dim, hidden_dim, d, dropout)
@@ -251,7 +254,7 @@ class TwoTowerNet(nn.Module):
         return self.app_tower(torch.cat(inputs, dim=1))
 
     def logits(self, users: torch.Tensor, apps: torch.Tensor) -> torch.Tensor:
-        """Logits of aligned pairs: ``users`` and ``apps`` both ``[b, d]`` -> ``[b]``."""
+        """Logits of aligned pairs: ``users`` and ``apps`` broadcast to ``[..., d]`` -> ``[...]``."""
         hidden = F.relu(self.interaction_user(users) + self.interaction_app(apps))
         mlp = self.interaction_out(self.interaction_dropout(hidden)).squeeze(-1)
         return (users * apps).sum(-1) + mlp
@@ -269,6 +272,26 @@ class TwoTowerNet(nn.Module):
             chunks.append(hidden @ w_out)
         mlp = torch.cat(chunks, dim=0) + self.interaction_out.bias
         return users @ apps.T + mlp
+
+
+def catalogue_logits(net: TwoTowerNet, users: torch.Tensor, app_vectors: torch.Tensor, pool: int) -> torch.Tensor:
+    """Scores ``[b, n_apps]`` of users against the catalogue, as served.
+
+    ``pool`` = 0 (or >= n_apps): the full logit for every pair. Otherwise two stages: the
+    ``pool`` best apps by tower dot product are re-scored with the full logit, and the other
+    apps keep their dot-product order, strictly below every candidate.
+    """
+    n_apps = app_vectors.shape[0]
+    if pool <= 0 or pool >= n_apps:
+        return net.pair_logits(users, app_vectors)
+    dots = users @ app_vectors.T
+    candidates = torch.topk(dots, pool, dim=1).indices
+    # [b, 1, d] against [b, pool, d]: one batched pass instead of a loop over users.
+    reranked = net.logits(users[:, None, :], app_vectors[candidates])
+    floor = reranked.min(dim=1, keepdim=True).values - 1.0
+    spread = (dots.max(dim=1, keepdim=True).values - dots) / (dots.std(dim=1, keepdim=True) + 1e-6)
+    scores = floor - torch.log1p(spread)
+    return scores.scatter_(1, candidates, reranked)
 
 
 # ------------------------------------------------------------------ Lightning
@@ -298,6 +321,7 @@ class TwoTowerModule(EpochMeansMixin, pl.LightningModule):
         lr_decay: float = 1.0,
         k: int = 10,
         schedule: str = "constant",
+        candidate_pool: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -393,7 +417,9 @@ class TwoTowerModule(EpochMeansMixin, pl.LightningModule):
             batch["segment"],
             batch["user_numeric"],
         )
-        scores = self.net.pair_logits(users, self._catalog_vectors).masked_fill(batch["seen"], float("-inf"))
+        # Scored as served: the full logit, or two stages for a large catalogue (candidate_pool > 0).
+        scores = catalogue_logits(self.net, users, self._catalog_vectors, self.hparams.candidate_pool)
+        scores = scores.masked_fill(batch["seen"], float("-inf"))
         self.val_ndcg.update(scores, batch["relevant"])
         self.log(f"val/ndcg@{self.hparams.k}", self.val_ndcg, on_step=False, on_epoch=True)
 
@@ -401,9 +427,7 @@ class TwoTowerModule(EpochMeansMixin, pl.LightningModule):
         self._catalog_vectors = None
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning accepts several return shapes
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
-        )
+        optimizer = LazyAdamW(self.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
         if self.hparams.schedule == "inverse_sqrt":
             return {"optimizer": optimizer, "lr_scheduler": inverse_sqrt_schedule(optimizer)}
         if self.hparams.lr_decay < 1.0:
@@ -436,10 +460,12 @@ class TwoTowerDataModule(CpuBatchesMixin, pl.LightningDataModule):
         batch_size: int,
         seed: int,
         history_dropout: float,
+        val_max_users: int = 0,
     ):
         super().__init__()
         self.data = data
         self.features = features
+        self.val_max_users = val_max_users
         self.positives = positives.tocsr()
         self.batch_size = batch_size
         self.seed = seed
@@ -455,7 +481,7 @@ class TwoTowerDataModule(CpuBatchesMixin, pl.LightningDataModule):
         # Explicit negatives per positive in a batch: all of them seen about once per epoch.
         self.negative_ratio = min(1.0, len(self.neg_users) / max(len(self.pos_users), 1))
         self.rng = np.random.default_rng(self.seed)
-        self.validation = EvaluationRows(self.data)
+        self.validation = EvaluationRows(self.data, self.val_max_users, self.seed)
 
     def _user_inputs(self, rows: np.ndarray, exclude: np.ndarray | None, dropout: float) -> dict[str, torch.Tensor]:
         indices, offsets, weights = history_bags(self.history, rows, exclude, dropout, self.rng)
@@ -558,23 +584,8 @@ class TwoTowerRecommender(Recommender):
         with torch.no_grad():
             users = self._user_vectors(user_ids, history)
             n_apps = self.app_vectors.shape[0]
-            if n_apps <= self.full_mlp_max_apps or self.candidate_pool >= n_apps:
-                return self.net.pair_logits(users, self.app_vectors).numpy().astype(np.float32)
-            # Two stages: dot-product retrieval, then the MLP re-ranks the candidates.
-            dots = users @ self.app_vectors.T
-            candidates = torch.topk(dots, self.candidate_pool, dim=1).indices
-            reranked = torch.stack(
-                [
-                    self.net.logits(users[row].expand(len(cols), -1), self.app_vectors[cols])
-                    for row, cols in enumerate(candidates)
-                ]
-            )
-            floor = reranked.min(dim=1, keepdim=True).values - 1.0
-            # Non-candidates keep their dot-product order, strictly below every candidate.
-            spread = (dots.max(dim=1, keepdim=True).values - dots) / (dots.std(dim=1, keepdim=True) + 1e-6)
-            scores = floor - torch.log1p(spread)
-            scores.scatter_(1, candidates, reranked)
-            return scores.numpy().astype(np.float32)
+            pool = 0 if n_apps <= self.full_mlp_max_apps else self.candidate_pool
+            return catalogue_logits(self.net, users, self.app_vectors, pool).numpy().astype(np.float32)
 
     def drop_users(self, user_ids: Sequence[str]) -> int:
         drop = {user for user in user_ids if user in self._user_rows}
@@ -661,13 +672,20 @@ def fit_two_tower(
         lr_decay=options.tt_lr_decay,
         k=training.k,
         schedule="inverse_sqrt" if incremental else "constant",
+        candidate_pool=0 if data.n_apps <= options.tt_full_mlp_max_apps else config.scoring.candidate_pool,
     )
     if incremental:
         _warm_start(module.net, warm_start, features)
     module.set_catalog(features.app_tensors())
     positives = data.fine_tune_matrix() if incremental else data.train
     datamodule = TwoTowerDataModule(
-        data, features, positives, training.batch_size, training.seed, options.tt_history_dropout
+        data,
+        features,
+        positives,
+        training.batch_size,
+        training.seed,
+        options.tt_history_dropout,
+        options.epoch_val_max_users,
     )
     datamodule.setup()
     run = fit_module(config, options, module, datamodule, "two_tower", incremental, workdir)

@@ -146,7 +146,7 @@ class ModelOptions:
     tt_dropout: float = 0.2
     #: Two-tower: catalogues up to this size train with a softmax over every app; larger
     #: ones with ``tt_sampled_negatives`` uniform apps shared by a batch.
-    tt_full_softmax_max_apps: int = 20000
+    tt_full_softmax_max_apps: int = 5000
     tt_sampled_negatives: int = 256
     #: Two-tower: weight of the pointwise BCE loss (positives, explicit and sampled negatives).
     tt_bce_weight: float = 0.5
@@ -162,7 +162,7 @@ class ModelOptions:
     #: Two-tower: L2 weight decay (AdamW).
     tt_weight_decay: float = 1e-5
     #: Two-tower: catalogues up to this size are scored with the full MLP; larger ones two-stage.
-    tt_full_mlp_max_apps: int = 20000
+    tt_full_mlp_max_apps: int = 5000
     #: Regional popularity: the integer user feature naming the user's region (0 = unknown)
     #: and the prior, in pseudo-users, that shrinks a small region towards global popularity.
     group_popularity_column: str = "country_idx"
@@ -191,6 +191,9 @@ class ModelOptions:
     train_threads: int = 1
     #: Users per block in evaluation (peak memory block x n_apps float32).
     eval_block_size: int = 1024
+    #: Validation users scored after each training epoch (best epoch, early stopping): a
+    #: seeded sample when there are more; 0 = all. The final evaluation scores every user.
+    epoch_val_max_users: int = 10000
 
 
 @dataclass

@@ -13,7 +13,7 @@ from models.cf import BPRDataModule, BPRModule, BPRRecommender, _warm_start, fit
 from models.common import ModelOptions
 from models.data import from_frames, toy_frames
 from models.evaluation import evaluate
-from models.lit import inverse_sqrt_schedule
+from models.lit import EvaluationRows, inverse_sqrt_schedule
 from personalization.config import Config, load_config
 
 
@@ -138,3 +138,21 @@ def test_epoch_losses_are_the_mean_of_the_step_losses(toy, tmp_path) -> None:
     assert [row["epoch"] for row in fit.history] == [0.0, 1.0, 2.0]
     losses = [row["train/loss"] for row in fit.history]
     assert len(set(losses)) == 3 and all(np.isfinite(losses))
+
+
+def test_epoch_validation_users_are_a_seeded_sample_when_capped(toy) -> None:
+    everyone = EvaluationRows(toy)
+    assert len(everyone) > 5
+    sample = EvaluationRows(toy, max_users=5, seed=3)
+    again = EvaluationRows(toy, max_users=5, seed=3)
+    assert len(sample) == 5 and sample.rows.tolist() == again.rows.tolist()
+    assert sample.rows.tolist() == sorted(sample.rows.tolist())
+    # Each sampled user keeps exactly the relevant apps it has among all validation users.
+    position_of = {row: position for position, row in enumerate(everyone.rows.tolist())}
+    for position, row in enumerate(sample.rows.tolist()):
+        want = everyone.relevant[position_of[row]].indices.tolist()
+        assert sample.relevant[position].indices.tolist() == want
+    assert len(EvaluationRows(toy, max_users=10_000)) == len(everyone)
+    datamodule = BPRDataModule(toy, toy.train, batch_size=4, seed=3, val_max_users=5)
+    datamodule.setup()
+    assert datamodule.validation.rows.tolist() == sample.rows.tolist()

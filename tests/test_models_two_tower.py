@@ -13,6 +13,7 @@ import torch
 from models.common import ModelOptions
 from models.data import from_frames, toy_frames
 from models.evaluation import evaluate
+from models.lit import LazyAdamW
 from models.two_tower import (
     TowerFeatures,
     TwoTowerModule,
@@ -178,7 +179,8 @@ def test_drop_users_forgets_their_rows(trained, toy) -> None:
 
 def test_optimiser_schedules() -> None:
     constant = TwoTowerModule(3, 4, learning_rate=0.01).configure_optimizers()
-    assert isinstance(constant, torch.optim.AdamW) and constant.param_groups[0]["lr"] == 0.01
+    assert isinstance(constant, LazyAdamW) and constant.param_groups[0]["lr"] == 0.01
+    assert constant.param_groups[0]["weight_decay"] == 1e-5
     decayed = TwoTowerModule(3, 4, learning_rate=0.01, lr_decay=0.5).configure_optimizers()
     scheduler = decayed["lr_scheduler"]
     assert scheduler["interval"] == "epoch" and scheduler["scheduler"].gamma == 0.5
