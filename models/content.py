@@ -114,7 +114,7 @@ class ContentRecommender(Recommender):
             sims = self.features[block] @ self.features.T
             sims[:, ~has_features] = -np.inf
             sims[np.arange(len(block)), block] = -np.inf  # never similar to itself
-            for position, (row, top) in enumerate(zip(block, top_k_indices(sims, k))):
+            for position, (row, top) in enumerate(zip(block, top_k_indices(sims, k), strict=True)):
                 if not has_features[row]:
                     continue
                 for rank, column in enumerate(top, start=1):

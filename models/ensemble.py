@@ -56,7 +56,7 @@ class BlendRecommender(Recommender):
 
     def score(self, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
         total = np.zeros((len(user_ids), len(self.app_ids)), dtype=np.float64)
-        for component, weight in zip(self.components, self.weights):
+        for component, weight in zip(self.components, self.weights, strict=True):
             if weight == 0.0:
                 continue
             total += weight * _standardise_rows(component.score(user_ids, history))
@@ -100,7 +100,7 @@ class _CachedScores(Recommender):
     def score(self, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
         positions = [self._rows[user] for user in user_ids]
         total = np.zeros((len(positions), self.cache[0].shape[1]), dtype=np.float64)
-        for cached, weight in zip(self.cache, self.weights):
+        for cached, weight in zip(self.cache, self.weights, strict=True):
             if weight:
                 total += weight * cached[positions]
         return np.nan_to_num(total, neginf=np.finfo(np.float32).min / 2).astype(np.float32)
@@ -148,13 +148,13 @@ def fit_blend(
         else:
             candidate = BlendRecommender(models, weights)
         ndcg = evaluate(candidate, data, k, block_size=options.eval_block_size)[f"ndcg@{k}"]
-        history.append({"epoch": step, **{f"weight.{n}": w for n, w in zip(names, weights)}, f"val/ndcg@{k}": ndcg})
+        history.append({"epoch": step, **{f"weight.{n}": w for n, w in zip(names, weights, strict=True)}, f"val/ndcg@{k}": ndcg})
         if best is None or ndcg > best[0]:
             best = (ndcg, weights)
     assert best is not None
-    log.info("blend weights %s: validation ndcg@%d=%.4f", dict(zip(names, best[1])), k, best[0])
+    log.info("blend weights %s: validation ndcg@%d=%.4f", dict(zip(names, best[1], strict=True)), k, best[0])
     return FitResult(
         recommender=BlendRecommender(models, best[1]),
-        params={"components": ",".join(names), **{f"weight.{n}": w for n, w in zip(names, best[1])}},
+        params={"components": ",".join(names), **{f"weight.{n}": w for n, w in zip(names, best[1], strict=True)}},
         history=history,
     )

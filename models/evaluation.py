@@ -75,7 +75,7 @@ def per_user_metrics(recommended: RankedLists, relevant: RelevantSets, k: int) -
     out = {name: np.full(n_users, np.nan) for name in names}
     # Discounts for ranks 1..k, reused for every user.
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    for user, (ranked, truth) in enumerate(zip(recommended, relevant)):
+    for user, (ranked, truth) in enumerate(zip(recommended, relevant, strict=True)):
         truth_set = set(truth)
         if not truth_set:
             continue
@@ -231,7 +231,7 @@ def top_k_indices(scores: np.ndarray, k: int) -> list[np.ndarray]:
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     top_scores = np.take_along_axis(scores, order, axis=1)
     finite = np.isfinite(top_scores)
-    return [row[mask] for row, mask in zip(order, finite)]
+    return [row[mask] for row, mask in zip(order, finite, strict=True)]
 
 
 def mlflow_metric_name(name: str) -> str:

@@ -78,7 +78,7 @@ def fit_predict(
         scores = np.array(recommender.score(block_users, history), dtype=np.float32, copy=True)
         seen_rows, seen_cols = history.nonzero()
         scores[seen_rows, seen_cols] = -np.inf
-        for user, row_scores, top in zip(block_users, scores, top_k_indices(scores, k)):
+        for user, row_scores, top in zip(block_users, scores, top_k_indices(scores, k), strict=True):
             blocks.append(
                 pd.DataFrame(
                     {

@@ -184,7 +184,7 @@ def log_loss_curves(history: Sequence[Mapping[str, float]], model_name: str) -> 
         return
     plt = _figure()
     fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.2), squeeze=False)
-    for axis, name in zip(axes[0], series):
+    for axis, name in zip(axes[0], series, strict=True):
         points = [(row["epoch"], row[name]) for row in history if name in row]
         axis.plot([p[0] for p in points], [p[1] for p in points], marker="o")
         axis.set_title(f"{model_name}: {name}")

@@ -36,7 +36,13 @@ import pandas as pd
 from models.base import Recommender
 from models.common import FitResult, ModelOptions, model_options
 from models.data import InteractionData, load_training_data
-from models.evaluation import evaluate, evaluation_users, mlflow_metric_name, scalar_metrics, score_in_data_columns
+from models.evaluation import (
+    evaluate,
+    evaluation_users,
+    mlflow_metric_name,
+    scalar_metrics,
+    score_in_data_columns,
+)
 from models.registry import champion_version
 from models.tracking import (
     configure_mlflow,

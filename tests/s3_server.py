@@ -38,7 +38,7 @@ def moto_server() -> Iterator[str]:
                     break
             except OSError:
                 if process.poll() is not None:
-                    raise RuntimeError(f"moto_server exited with {process.returncode}")
+                    raise RuntimeError(f"moto_server exited with {process.returncode}") from None
                 time.sleep(0.2)
         else:
             raise RuntimeError("moto_server did not start within 30 s")

@@ -21,9 +21,9 @@ AB = Experiment("champion_vs_popularity", "salt-1", (Variant("control", 50), Var
 
 
 def test_assignment_is_sticky_across_calls_and_orders() -> None:
-    first = dict(zip(USERS[:5000], assign(USERS[:5000], AB)))
+    first = dict(zip(USERS[:5000], assign(USERS[:5000], AB), strict=True))
     reversed_users = USERS[:5000][::-1]
-    second = dict(zip(reversed_users, assign(reversed_users, AB)))
+    second = dict(zip(reversed_users, assign(reversed_users, AB), strict=True))
     assert first == second
     # A known value pins the hash, so a change of algorithm (which would reshuffle users) is caught.
     assert bucket("u0000001", "salt-1") == pytest.approx(0.8949270394594752, abs=1e-15)

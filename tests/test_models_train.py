@@ -132,8 +132,8 @@ def test_logged_pyfunc_reloads_with_identical_scores(store, toy, tmp_path) -> No
     predicted = mlflow.pyfunc.load_model(uri).predict(frame, params={"k": 3})
     assert predicted.equals(recommend_from_history(fit.recommender, frame, 3))
     assert predicted.groupby("user_id")["rank"].apply(list).tolist() == [[1, 2, 3], [1, 2, 3]]
-    seen = set(zip(frame["user_id"], frame["app_id"]))
-    assert not seen & set(zip(predicted["user_id"], predicted["app_id"]))
+    seen = set(zip(frame["user_id"], frame["app_id"], strict=True))
+    assert not seen & set(zip(predicted["user_id"], predicted["app_id"], strict=True))
 
 
 def test_champion_challenger_promotion_and_rollback(store, toy) -> None:
