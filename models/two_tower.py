@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchmetrics import MeanMetric
 
 from jobs import columns as C
@@ -461,11 +461,13 @@ class TwoTowerDataModule(CpuBatchesMixin, pl.LightningDataModule):
         seed: int,
         history_dropout: float,
         val_max_users: int = 0,
+        max_epoch_examples: int = 0,
     ):
         super().__init__()
         self.data = data
         self.features = features
         self.val_max_users = val_max_users
+        self.max_epoch_examples = max_epoch_examples
         self.positives = positives.tocsr()
         self.batch_size = batch_size
         self.seed = seed
@@ -522,10 +524,17 @@ class TwoTowerDataModule(CpuBatchesMixin, pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
+        positions = _Positions(len(self.pos_users))
+        per_epoch = len(positions)
+        if self.max_epoch_examples > 0:
+            per_epoch = min(per_epoch, self.max_epoch_examples)
+        # A fresh random subset of the positives each epoch when capped; uncapped, the same
+        # batches as ``shuffle=True`` (one generator drives the loader and the sampler).
+        sampler = RandomSampler(positions, num_samples=per_epoch, generator=generator)
         return DataLoader(
-            _Positions(len(self.pos_users)),
+            positions,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=sampler,
             generator=generator,
             collate_fn=self.collate_train,
         )
@@ -686,6 +695,7 @@ def fit_two_tower(
         training.seed,
         options.tt_history_dropout,
         options.epoch_val_max_users,
+        options.tt_max_epoch_examples,
     )
     datamodule.setup()
     run = fit_module(config, options, module, datamodule, "two_tower", incremental, workdir)

@@ -154,6 +154,9 @@ class ModelOptions:
     tt_pointwise_negatives: int = 4
     #: Two-tower: share of history items dropped from a training example's bag (denoising).
     tt_history_dropout: float = 0.2
+    #: Two-tower: positives drawn (a fresh random subset) per epoch when there are more; 0 =
+    #: all. Bounds an epoch's cost on big data (medium: 1.9M positives), not on small sets.
+    tt_max_epoch_examples: int = 500_000
     #: Two-tower: share of user and app ids replaced by the "unknown" id 0 while training,
     #: so users and apps never seen in training get vectors from history and features.
     tt_id_dropout: float = 0.1

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from torch.utils.data import DataLoader
 
 from models.common import ModelOptions
 from models.data import from_frames, toy_frames
@@ -16,9 +17,11 @@ from models.evaluation import evaluate
 from models.lit import LazyAdamW
 from models.two_tower import (
     TowerFeatures,
+    TwoTowerDataModule,
     TwoTowerModule,
     TwoTowerNet,
     TwoTowerRecommender,
+    _Positions,
     _warm_start,
     fit_two_tower,
     history_bags,
@@ -186,3 +189,28 @@ def test_optimiser_schedules() -> None:
     assert scheduler["interval"] == "epoch" and scheduler["scheduler"].gamma == 0.5
     incremental = TwoTowerModule(3, 4, schedule="inverse_sqrt", lr_decay=0.5).configure_optimizers()
     assert incremental["lr_scheduler"]["interval"] == "step"  # fine-tuning uses base / sqrt(1 + iteration)
+
+
+def test_epoch_example_cap_draws_a_fresh_subset_each_epoch(toy) -> None:
+    features = TowerFeatures.from_data(toy)
+
+    def loader(cap: int):
+        datamodule = TwoTowerDataModule(toy, features, toy.train, 4, 7, 0.0, max_epoch_examples=cap)
+        datamodule.setup()
+        return datamodule.train_dataloader()
+
+    n_positives = toy.train.nnz
+    # Uncapped (or a cap above the data): exactly the batches of a shuffle=True loader.
+    shuffled = DataLoader(_Positions(n_positives), batch_size=4, shuffle=True,
+                          generator=torch.Generator().manual_seed(7), collate_fn=list)
+    expected = list(shuffled)
+    for cap in (0, n_positives + 5):
+        uncapped = loader(cap)
+        uncapped.collate_fn = list
+        assert list(uncapped) == expected
+    capped = loader(10)
+    capped.collate_fn = list
+    first = [position for batch in capped for position in batch]
+    second = [position for batch in capped for position in batch]
+    assert len(first) == len(set(first)) == 10 and len(second) == len(set(second)) == 10
+    assert first != second and max(first + second) < n_positives
