@@ -194,9 +194,39 @@ def history_bags(
 
 
 # ------------------------------------------------------------------ architecture
+class FastDropout(nn.Module):
+    """Inverted dropout (as ``nn.Dropout``) whose CPU mask comes from numpy's PCG64 generator.
+
+    Torch's CPU ``bernoulli_`` draws about 65M values/s on one thread; at the medium catalogue
+    the two-tower's five dropout masks (~1M values a step) took 22% of a training step
+    (torch.profiler). numpy draws the same mask about 10x faster. The numpy seed is drawn
+    from torch's global generator, so ``seed_everything`` still fixes every mask. On an
+    accelerator ``F.dropout`` applies. No parameters: checkpoints match ``nn.Dropout``'s.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return inputs
+        if inputs.device.type != "cpu":
+            return F.dropout(inputs, self.p, training=True)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        keep = np.random.default_rng(seed).random(tuple(inputs.shape), dtype=np.float32) >= self.p
+        scale = torch.from_numpy(keep).to(inputs.dtype).mul_(1.0 / (1.0 - self.p))
+        return inputs * scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def _mlp(in_features: int, hidden: int, out_features: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_features)
+        nn.Linear(in_features, hidden), nn.ReLU(), FastDropout(dropout), nn.Linear(hidden, out_features)
     )
 
 
@@ -231,7 +261,7 @@ class TwoTowerNet(nn.Module):
         self.interaction_user = nn.Linear(d, hidden_dim)
         self.interaction_app = nn.Linear(d, hidden_dim, bias=False)
         self.interaction_out = nn.Linear(hidden_dim, 1)
-        self.interaction_dropout = nn.Dropout(dropout)
+        self.interaction_dropout = FastDropout(dropout)
         for table in (self.user_id_embedding, self.history_embedding, self.app_id_embedding):
             nn.init.normal_(table.weight, std=0.05)
 

@@ -16,6 +16,7 @@ from models.data import from_frames, toy_frames
 from models.evaluation import evaluate
 from models.lit import LazyAdamW
 from models.two_tower import (
+    FastDropout,
     TowerFeatures,
     TwoTowerDataModule,
     TwoTowerModule,
@@ -214,3 +215,22 @@ def test_epoch_example_cap_draws_a_fresh_subset_each_epoch(toy) -> None:
     second = [position for batch in capped for position in batch]
     assert len(first) == len(set(first)) == 10 and len(second) == len(set(second)) == 10
     assert first != second and max(first + second) < n_positives
+
+
+def test_fast_dropout_is_inverted_dropout_seeded_by_torch() -> None:
+    layer = FastDropout(0.25)
+    inputs = torch.full((400, 50), 2.0, requires_grad=True)
+    torch.manual_seed(5)
+    out = layer(inputs)
+    assert set(torch.unique(out).tolist()) == {0.0, torch.tensor(2.0 / 0.75).item()}
+    assert abs(float((out == 0).float().mean()) - 0.25) < 0.01  # 20,000 draws
+    out.sum().backward()
+    torch.testing.assert_close(inputs.grad, (out != 0).float() / 0.75)  # gradient through the mask
+    torch.manual_seed(5)
+    assert torch.equal(layer(inputs), out)  # torch's seed fixes the mask
+    assert not torch.equal(layer(inputs), out)
+    layer.eval()
+    assert layer(inputs) is inputs
+    assert FastDropout(0.0).train()(inputs) is inputs
+    with pytest.raises(ValueError, match="dropout probability"):
+        FastDropout(1.0)
