@@ -278,10 +278,12 @@ def fit_module(
     name: str,
     incremental: bool,
     workdir: str | None = None,
+    threads: int | None = None,
 ) -> FitRun:
     """Fit ``module`` deterministically, keep the best validation epoch, save ``<workdir>/<name>.ckpt``.
 
     ``datamodule`` must be set up and expose ``validation`` (the validation users).
+    ``threads`` overrides ``options.train_threads`` (torch intra-op threads; 0 = torch's default).
     """
     training = config.training
     # Without validation users (e.g. fit_predict on a bare training file) the last epoch is kept.
@@ -289,7 +291,7 @@ def fit_module(
     history, best = EpochHistory(), BestWeights(monitor or "")
     workdir = workdir or tempfile.mkdtemp(prefix=f"{name}-")
     max_epochs = options.incremental_epochs if incremental else training.max_epochs
-    with deterministic_torch(options.train_threads):
+    with deterministic_torch(options.train_threads if threads is None else threads):
         trainer = make_trainer(config, options, max_epochs, [history, best], workdir, monitor=monitor)
         trainer.fit(module, datamodule=datamodule)
     checkpoint = str(Path(workdir) / f"{name}.ckpt")

@@ -728,7 +728,9 @@ def fit_two_tower(
         options.tt_max_epoch_examples,
     )
     datamodule.setup()
-    run = fit_module(config, options, module, datamodule, "two_tower", incremental, workdir)
+    run = fit_module(
+        config, options, module, datamodule, "two_tower", incremental, workdir, threads=options.tt_train_threads
+    )
     history, best, checkpoint, max_epochs = run.history, run.best, run.checkpoint_path, run.max_epochs
     recommender = TwoTowerRecommender(
         module.net, features, dict(module.hparams), options.tt_full_mlp_max_apps, config.scoring.candidate_pool
