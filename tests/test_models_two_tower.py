@@ -102,6 +102,21 @@ def test_fast_dev_run(toy, tmp_path) -> None:
     assert fit.params["scoring"] == "full_mlp"
 
 
+def test_large_catalogue_path_samples_negatives_and_scores_in_two_stages(toy, tmp_path) -> None:
+    # Thresholds below the toy's 17 apps: sampled softmax, two-stage validation and scoring.
+    options = ModelOptions(
+        tt_hidden_dim=16, tt_sampled_negatives=6, tt_full_softmax_max_apps=10, tt_full_mlp_max_apps=10
+    )
+    config = _config(tmp_path, max_epochs=2)
+    config.scoring.candidate_pool = 4
+    fit = fit_two_tower(toy, config, options, workdir=str(tmp_path))
+    assert fit.params["sampled_negatives"] == 6 and fit.params["candidate_pool"] == 4
+    assert fit.params["scoring"] == "two_stage"
+    assert len(fit.history) == 2 and all(np.isfinite(row["val/ndcg@10"]) for row in fit.history)
+    scores = fit.recommender.score(["u00"], toy.train[[0]])
+    assert scores.shape == (1, 17) and np.isfinite(scores).all()
+
+
 def test_trained_model_scores_every_app_and_learns(toy, trained) -> None:
     model = trained.recommender
     scores = model.score(
