@@ -9,6 +9,7 @@ components in ``training.models``: it reuses the components fitted in the same r
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Sequence
@@ -117,6 +118,28 @@ def weight_grid(n_components: int, step: float) -> list[tuple[float, ...]]:
     return sorted(grid, reverse=True)
 
 
+def _search_data(data: InteractionData, n_components: int, options: ModelOptions) -> InteractionData | None:
+    """The data whose validation users the cached weight search scores, or None (no cache).
+
+    Every validation user when their cached scores fit ``blend_cache_max_floats``; else a
+    seeded uniform sample of as many as fit (the validation matrix keeps only their rows),
+    when that is at least ``blend_min_search_users``; else None.
+    """
+    rows, _ = evaluation_users(data)
+    fitting = options.blend_cache_max_floats // max(data.n_apps * n_components, 1)
+    if len(rows) <= fitting:
+        return data
+    if fitting < options.blend_min_search_users:
+        return None
+    sample = np.sort(np.random.default_rng(0).choice(rows, size=fitting, replace=False))
+    keep = np.zeros(data.n_users, dtype=bool)
+    keep[sample] = True
+    validation = sp.csr_matrix(data.validation.multiply(keep[:, None].astype(np.float32)))
+    validation.eliminate_zeros()
+    log.info("blend weight search on %d of %d validation users (cache budget)", fitting, len(rows))
+    return dataclasses.replace(data, validation=validation)
+
+
 def fit_blend(
     data: InteractionData,
     config: Config,
@@ -134,13 +157,12 @@ def fit_blend(
     k = config.training.k
     best: tuple[float, tuple[float, ...]] | None = None
     history = []
-    n_eval_users = len(evaluation_users(data)[0])
-    # Score the validation users once per component when that fits the memory budget.
-    cached = (
-        _CachedScores(models, data, options.eval_block_size)
-        if n_eval_users * data.n_apps * len(models) <= options.blend_cache_max_floats
-        else None
-    )
+    search_data = _search_data(data, len(models), options)
+    # Score the (sampled) validation users once per component when that fits the memory budget;
+    # otherwise every grid point rescores every validation user (slow on big data).
+    cached = _CachedScores(models, search_data, options.eval_block_size) if search_data is not None else None
+    if search_data is not None:
+        data = search_data
     for step, weights in enumerate(weight_grid(len(models), options.blend_weight_step)):
         if cached is not None:
             cached.weights = weights

@@ -177,8 +177,11 @@ class ModelOptions:
     #: Blend model: components (fitted earlier in the same run) and the weight grid step.
     blend_models: list[str] = field(default_factory=lambda: ["ease", "two_tower"])
     blend_weight_step: float = 0.1
-    #: The weight search caches validation scores when users x apps x components fits (float32 count).
-    blend_cache_max_floats: int = 50_000_000
+    #: The weight search caches validation scores when users x apps x components fits (float32
+    #: count, 100M = 400 MB); with more validation users it searches on a seeded sample of as
+    #: many as fit (medium: 5,000 of ~50,000), if at least ``blend_min_search_users``.
+    blend_cache_max_floats: int = 100_000_000
+    blend_min_search_users: int = 1000
     #: Incremental mode: fine-tuning epochs and the newest training days fine-tuned on.
     incremental_epochs: int = 2
     incremental_days: int = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -190,6 +191,35 @@ def test_fit_blend_picks_weights_on_validation() -> None:
     )
     with pytest.raises(ValueError, match="at least two fitted components"):
         fit_blend(data, config, options, components={"ease": components["ease"]})
+
+
+def test_blend_search_samples_validation_users_beyond_the_cache_budget() -> None:
+    from models.ensemble import _search_data, fit_blend
+    from models.evaluation import evaluation_users
+
+    data = from_frames(**{k: v for k, v in toy_frames().items() if k in ("interactions", "app_features")})
+    config = load_config(environ={}, overrides={"training": {"ease_lambda": 3.0}})
+    all_rows = evaluation_users(data)[0]
+    budget = data.n_apps * 2 * 3  # three users' scores for two components
+    options = ModelOptions(blend_models=["popularity", "ease"], blend_weight_step=0.5,
+                           blend_cache_max_floats=budget, blend_min_search_users=2)
+    search = _search_data(data, 2, options)
+    rows = evaluation_users(search)[0]
+    assert len(all_rows) > 3 and len(rows) == 3 and set(rows) <= set(all_rows)
+    assert evaluation_users(_search_data(data, 2, options))[0].tolist() == rows.tolist()  # seeded
+    assert (search.validation[rows] != data.validation[rows]).nnz == 0  # their rows are kept whole
+    assert _search_data(data, 2, dataclasses.replace(options, blend_min_search_users=4)) is None
+    components = {
+        "popularity": fit_popularity(data, config, options).recommender,
+        "ease": fit_ease(data, config, options).recommender,
+    }
+    sampled = fit_blend(data, config, options, components=components)
+    # The same scores as the plain (uncached) search over exactly the sampled users.
+    plain = fit_blend(search, config, dataclasses.replace(options, blend_cache_max_floats=0,
+                                                          blend_min_search_users=10**9), components=components)
+    assert [row["val/ndcg@10"] for row in sampled.history] == pytest.approx(
+        [row["val/ndcg@10"] for row in plain.history]
+    )
 
 
 def test_ease_weight_power_uses_damped_weights() -> None:
