@@ -95,7 +95,7 @@ def train_throughput(data: Any, device: str, steps: int, warmup: int, batch_size
     module = TwoTowerModule(
         **features.sizes(),
         sampled_negatives=options.tt_sampled_negatives,
-        candidate_pool=100,
+        candidate_pool=options.tt_retrieval_pool,
         hidden_dim=options.tt_hidden_dim,
     )
     module.set_catalog(features.app_tensors())

@@ -22,7 +22,7 @@ from their history and features.
 Scoring: the interaction MLP's first layer splits into a user part and an app part,
 so the full MLP over every (user, app) pair costs ``b x n_apps x hidden`` additions;
 catalogues up to ``tt_full_mlp_max_apps`` are scored that way (exact). Larger ones
-are scored in two stages: dot-product retrieval of ``scoring.candidate_pool``
+are scored in two stages: dot-product retrieval of ``tt_retrieval_pool``
 candidates from the tower embeddings, then the MLP re-ranks those; the other apps
 keep their dot-product order below every candidate. Scores are logits.
 """
@@ -579,16 +579,14 @@ class TwoTowerRecommender(Recommender):
 
     name = "two_tower"
 
-    def __init__(
-        self, net: TwoTowerNet, features: TowerFeatures, hparams: dict, full_mlp_max_apps: int, candidate_pool: int
-    ):
+    def __init__(self, net: TwoTowerNet, features: TowerFeatures, hparams: dict):
         self.net = net.cpu().eval()
         self.features = features
         self.user_ids = features.user_ids
         self.app_ids = features.app_ids
+        #: ``hparams["candidate_pool"]`` (0: full MLP over the catalogue, else two-stage) was decided once,
+        #: at training, so epoch validation and serving score the same way.
         self.hparams = dict(hparams)
-        self.full_mlp_max_apps = full_mlp_max_apps
-        self.candidate_pool = candidate_pool
         with torch.no_grad():
             tensors = features.app_tensors()
             self.app_vectors = self.net.app_vectors(
@@ -602,6 +600,11 @@ class TwoTowerRecommender(Recommender):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        # Models pickled before the pool moved into hparams carried the threshold and pool themselves.
+        threshold, pool = state.pop("full_mlp_max_apps", None), state.pop("candidate_pool", None)
+        if threshold is not None and "candidate_pool" not in state["hparams"]:
+            n_apps = int(state["app_vectors"].shape[0])
+            state["hparams"]["candidate_pool"] = 0 if n_apps <= threshold else int(pool)
         self.__dict__.update(state)
         self._user_rows = self.user_index()
 
@@ -622,8 +625,7 @@ class TwoTowerRecommender(Recommender):
     def score(self, user_ids: Sequence[str], history: sp.csr_matrix) -> np.ndarray:
         with torch.no_grad():
             users = self._user_vectors(user_ids, history)
-            n_apps = self.app_vectors.shape[0]
-            pool = 0 if n_apps <= self.full_mlp_max_apps else self.candidate_pool
+            pool = int(self.hparams.get("candidate_pool", 0))
             return catalogue_logits(self.net, users, self.app_vectors, pool).numpy().astype(np.float32)
 
     def drop_users(self, user_ids: Sequence[str]) -> int:
@@ -711,7 +713,7 @@ def fit_two_tower(
         lr_decay=options.tt_lr_decay,
         k=training.k,
         schedule="inverse_sqrt" if incremental else "constant",
-        candidate_pool=0 if data.n_apps <= options.tt_full_mlp_max_apps else config.scoring.candidate_pool,
+        candidate_pool=0 if data.n_apps <= options.tt_full_mlp_max_apps else options.tt_retrieval_pool,
     )
     if incremental:
         _warm_start(module.net, warm_start, features)
@@ -732,9 +734,7 @@ def fit_two_tower(
         config, options, module, datamodule, "two_tower", incremental, workdir, threads=options.tt_train_threads
     )
     history, best, checkpoint, max_epochs = run.history, run.best, run.checkpoint_path, run.max_epochs
-    recommender = TwoTowerRecommender(
-        module.net, features, dict(module.hparams), options.tt_full_mlp_max_apps, config.scoring.candidate_pool
-    )
+    recommender = TwoTowerRecommender(module.net, features, dict(module.hparams))
     params = {
         **{name: value for name, value in module.hparams.items() if name not in features.sizes()},
         "batch_size": training.batch_size,
@@ -742,7 +742,7 @@ def fit_two_tower(
         "history_dropout": options.tt_history_dropout,
         "best_epoch": best.best_epoch if best.best_epoch is not None else -1,
         "n_train_pairs": int(positives.nnz),
-        "scoring": "full_mlp" if data.n_apps <= options.tt_full_mlp_max_apps else "two_stage",
+        "scoring": "two_stage" if module.hparams.candidate_pool else "full_mlp",
     }
     return FitResult(
         recommender=recommender,

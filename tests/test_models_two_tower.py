@@ -105,10 +105,10 @@ def test_fast_dev_run(toy, tmp_path) -> None:
 def test_large_catalogue_path_samples_negatives_and_scores_in_two_stages(toy, tmp_path) -> None:
     # Thresholds below the toy's 17 apps: sampled softmax, two-stage validation and scoring.
     options = ModelOptions(
-        tt_hidden_dim=16, tt_sampled_negatives=6, tt_full_softmax_max_apps=10, tt_full_mlp_max_apps=10
+        tt_hidden_dim=16, tt_sampled_negatives=6, tt_full_softmax_max_apps=10, tt_full_mlp_max_apps=10,
+        tt_retrieval_pool=4,
     )
     config = _config(tmp_path, max_epochs=2)
-    config.scoring.candidate_pool = 4
     fit = fit_two_tower(toy, config, options, workdir=str(tmp_path))
     assert fit.params["sampled_negatives"] == 6 and fit.params["candidate_pool"] == 4
     assert fit.params["scoring"] == "two_stage"
@@ -136,14 +136,29 @@ def test_reloads_give_identical_scores(toy, trained) -> None:
     expected = trained.recommender.score(users, history)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(trained.recommender)).score(users, history), expected)
     module = TwoTowerModule.load_from_checkpoint(trained.checkpoint_path, map_location="cpu")
-    reloaded = TwoTowerRecommender(module.net, TowerFeatures.from_data(toy), dict(module.hparams), 20000, 100)
+    reloaded = TwoTowerRecommender(module.net, TowerFeatures.from_data(toy), dict(module.hparams))
     np.testing.assert_array_equal(reloaded.score(users, history), expected)
+
+
+def test_models_pickled_with_the_old_pool_attributes_still_score(toy, trained) -> None:
+    users, history = toy.user_ids[:3].tolist(), toy.train[:3]
+    state = pickle.loads(pickle.dumps(trained.recommender)).__getstate__()
+    state["hparams"].pop("candidate_pool")
+    # Before the pool moved into hparams the recommender held the threshold and the pool itself.
+    for threshold, pool, expected_pool in ((20000, 100, 0), (10, 4, 4)):
+        old = TwoTowerRecommender.__new__(TwoTowerRecommender)
+        old.__setstate__({**state, "hparams": dict(state["hparams"]), "full_mlp_max_apps": threshold,
+                          "candidate_pool": pool})
+        assert old.hparams["candidate_pool"] == expected_pool and not hasattr(old, "full_mlp_max_apps")
+        fresh = pickle.loads(pickle.dumps(trained.recommender))
+        fresh.hparams["candidate_pool"] = expected_pool
+        np.testing.assert_array_equal(old.score(users, history), fresh.score(users, history))
 
 
 def test_two_stage_scoring_reranks_retrieved_candidates(toy, trained) -> None:
     model = pickle.loads(pickle.dumps(trained.recommender))
     users, history = ["u00", "u25"], toy.train[[0, 25]]
-    model.full_mlp_max_apps, model.candidate_pool = 0, 4
+    model.hparams["candidate_pool"] = 4
     scores = torch.from_numpy(model.score(users, history))
     with torch.no_grad():
         vectors = model._user_vectors(users, history)
