@@ -29,6 +29,7 @@ as the nightly promotion would pick it.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -231,7 +232,9 @@ def run_model(
     }
 
 
-def run_dataset(name: str, models: list[str], data_dir: Path, root: Path, split_group: str) -> dict[str, Any]:
+def run_dataset(name: str, models: list[str], data_dir: Path, root: Path, split_group: str,
+                settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    settings = settings or SETTINGS[name]
     if name == "ml-100k":
         train, test, apps = movielens(data_dir, split_group)
         users = None
@@ -254,7 +257,7 @@ def run_dataset(name: str, models: list[str], data_dir: Path, root: Path, split_
     rows = []
     fitted: dict[str, dict[str, Any]] = {}
     for model in models:
-        row = run_model(model, inner, full, SETTINGS[name], root, fitted)
+        row = run_model(model, inner, full, settings, root, fitted)
         rows.append(row)
         print(
             f"  {model:<11} test ndcg@10={row['ndcg@10']:.4f} p@10={row['precision@10']:.4f} "
@@ -314,6 +317,19 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _key_values(pairs: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=[0.5, 1]"]`` -> ``{"a": 1, "b": [0.5, 1]}`` (values parsed as YAML)."""
+    import yaml
+
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "frappe"], choices=["ml-100k", "frappe"])
@@ -326,13 +342,19 @@ def main(argv: list[str] | None = None) -> int:
         "split 75/25), 'user' as Microsoft Recommenders' splitter does by default",
     )
     parser.add_argument("--data-dir", default=None, help="reference data folder (default ../shared/data)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model option on every data set, e.g. tt_ema_decay=0.999 (YAML value)")
+    parser.add_argument("--training", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training setting on every data set and model, e.g. seed=43")
+    parser.add_argument("--results-dir", default=None, help="where quality.json/.md go (default paths.results_dir)")
     args = parser.parse_args(argv)
 
     logging.disable(logging.WARNING)  # Lightning's per-fit banners would drown the table
     warnings.filterwarnings("ignore")
     config = load_config()
     data_dir = Path(args.data_dir) if args.data_dir else reference_data_dir()
-    results_dir = Path(config.results_dir)
+    results_dir = Path(args.results_dir) if args.results_dir else Path(config.results_dir)
+    options, training = _key_values(args.option), _key_values(args.training)
     work = results_dir / "bench_work"
     report: dict[str, Any] = {
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -346,7 +368,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {name}: {data_dir / name} not found (the reference data live in ../shared/data)")
             continue
         started = time.perf_counter()
-        result = run_dataset(name, args.models, data_dir, work, args.split_group)
+        settings = copy.deepcopy(SETTINGS[name])
+        settings["options"].update(options)
+        settings["training"] = {**settings["training"], **training}
+        # A training override wins over the per-model ones too (e.g. one seed for every model).
+        settings["model_training"] = {model: {**values, **training}
+                                      for model, values in settings["model_training"].items()}
+        result = run_dataset(name, args.models, data_dir, work, args.split_group, settings)
+        if options or training:
+            result["overrides"] = {"options": options, "training": training}
         result["wall_seconds"] = time.perf_counter() - started
         report["datasets"].append(result)
     if not report["datasets"]:

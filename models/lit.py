@@ -226,6 +226,61 @@ class BestWeights(pl.Callback):
             pl_module.load_state_dict(self.best_state)
 
 
+class WeightEMA(pl.Callback):
+    """Exponential moving average of the trained weights, used for validation and kept at the end.
+
+    After every optimizer step ``ema = decay * ema + (1 - decay) * weights`` (floating-point
+    parameters). Validation runs on the averaged weights (swapped in at the start of the
+    validation epoch, out at its end), so list this callback *after* :class:`BestWeights`:
+    that one then snapshots the averaged weights it validated. When training ends the
+    module keeps the average. The average smooths the epoch-to-epoch noise of the last
+    steps, so the epoch chosen on validation matters less.
+    """
+
+    def __init__(self, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.average: list[torch.Tensor] | None = None
+
+    @staticmethod
+    def _parameters(pl_module: pl.LightningModule) -> list[torch.Tensor]:
+        return [p for p in pl_module.parameters() if p.is_floating_point()]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.average = [p.detach().clone() for p in self._parameters(pl_module)]
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.average is not None:
+            with torch.no_grad():
+                # lerp_(w, 1 - decay): ema + (1 - decay) * (w - ema)
+                torch._foreach_lerp_(self.average, [p.detach() for p in self._parameters(pl_module)],
+                                     1.0 - self.decay)
+
+    def _swap(self, pl_module: pl.LightningModule) -> None:
+        if self.average is None:
+            return
+        with torch.no_grad():
+            for parameter, average in zip(self._parameters(pl_module), self.average, strict=True):
+                current = parameter.detach().clone()
+                parameter.copy_(average)
+                average.copy_(current)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._swap(pl_module)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._swap(pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.average is not None:
+            with torch.no_grad():
+                for parameter, average in zip(self._parameters(pl_module), self.average, strict=True):
+                    parameter.copy_(average)
+
+
 def make_trainer(
     config: Config,
     options: ModelOptions,
@@ -279,11 +334,13 @@ def fit_module(
     incremental: bool,
     workdir: str | None = None,
     threads: int | None = None,
+    ema_decay: float = 0.0,
 ) -> FitRun:
     """Fit ``module`` deterministically, keep the best validation epoch, save ``<workdir>/<name>.ckpt``.
 
     ``datamodule`` must be set up and expose ``validation`` (the validation users).
     ``threads`` overrides ``options.train_threads`` (torch intra-op threads; 0 = torch's default).
+    ``ema_decay`` > 0 validates and keeps an exponential moving average of the weights (:class:`WeightEMA`).
     """
     training = config.training
     # Without validation users (e.g. fit_predict on a bare training file) the last epoch is kept.
@@ -292,7 +349,9 @@ def fit_module(
     workdir = workdir or tempfile.mkdtemp(prefix=f"{name}-")
     max_epochs = options.incremental_epochs if incremental else training.max_epochs
     with deterministic_torch(options.train_threads if threads is None else threads):
-        trainer = make_trainer(config, options, max_epochs, [history, best], workdir, monitor=monitor)
+        # WeightEMA after BestWeights: the best epoch's snapshot is taken of the averaged weights.
+        callbacks: list[pl.Callback] = [history, best] + ([WeightEMA(ema_decay)] if ema_decay > 0 else [])
+        trainer = make_trainer(config, options, max_epochs, callbacks, workdir, monitor=monitor)
         trainer.fit(module, datamodule=datamodule)
     checkpoint = str(Path(workdir) / f"{name}.ckpt")
     trainer.save_checkpoint(checkpoint)

@@ -731,7 +731,8 @@ def fit_two_tower(
     )
     datamodule.setup()
     run = fit_module(
-        config, options, module, datamodule, "two_tower", incremental, workdir, threads=options.tt_train_threads
+        config, options, module, datamodule, "two_tower", incremental, workdir, threads=options.tt_train_threads,
+        ema_decay=options.tt_ema_decay,
     )
     history, best, checkpoint, max_epochs = run.history, run.best, run.checkpoint_path, run.max_epochs
     recommender = TwoTowerRecommender(module.net, features, dict(module.hparams))

@@ -162,6 +162,9 @@ class ModelOptions:
     tt_id_dropout: float = 0.1
     #: Two-tower: learning rate multiplied by this after every epoch of a full fit (1 = constant).
     tt_lr_decay: float = 0.9
+    #: Two-tower: validate and keep an exponential moving average of the weights, updated
+    #: every step with this decay (0 = off; the raw weights of the best epoch).
+    tt_ema_decay: float = 0.0
     #: Two-tower: L2 weight decay (AdamW).
     tt_weight_decay: float = 1e-5
     #: Two-tower: catalogues up to this size are scored with the full MLP; larger ones two-stage.

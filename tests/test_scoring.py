@@ -350,3 +350,19 @@ def test_spark_engine_matches_the_local_engine(scored, tmp_path, spark):
     assert result["rows"] == local["rows"]
     assert result["diversity"] == local["diversity"]
     assert result["blocks"] >= 2  # 7 users in Arrow batches of at most 4
+
+
+def test_chunks_scored_on_several_threads_match_one_thread(tmp_path, monkeypatch):
+    import models.scoring as scoring_module
+
+    # One user per chunk, so a block of 4 users is 4 chunks spread over the threads.
+    monkeypatch.setattr(scoring_module, "SCORE_CHUNK_ROWS", 1)
+    tables = {}
+    for threads in (1, 3):
+        root = tmp_path / f"threads{threads}"
+        build_lake(root / "lake")
+        score_users(make_config(root, block_size=4, threads=threads, diversity="mmr", mmr_lambda=0.5), D,
+                    deleted_users=["u5"], champion=(FixedScores(FIXED), "7"), log_to_mlflow=False)
+        tables[threads] = read(root, "recommendations").sort_values(["user_id", "surface", "rank"])
+    assert len(tables[1]) > 0
+    pd.testing.assert_frame_equal(tables[3].reset_index(drop=True), tables[1].reset_index(drop=True))

@@ -1,0 +1,80 @@
+"""WeightEMA: validation and the final weights use the moving average, training the raw weights."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from models.lit import BestWeights, WeightEMA
+
+
+class _Regression(pl.LightningModule):
+    """y = w * x by SGD; records the raw weight after each step and the weight each validation saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor([0.0]))
+        self.raw_after_step: list[float] = []
+        self.validated_with: list[float] = []
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return ((self.weight * x - y) ** 2).mean()
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.raw_after_step.append(float(self.weight.detach()))
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        self.validated_with.append(float(self.weight.detach()))
+        # Higher is better for BestWeights: the epoch whose validated weight is closest to 1.5.
+        self.log("val/score", -abs(float(self.weight.detach()) - 1.5), on_epoch=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit(callbacks: list[pl.Callback], epochs: int = 3) -> _Regression:
+    x = torch.linspace(0.5, 2.0, 8)[:, None]
+    data = DataLoader(TensorDataset(x, 2.0 * x), batch_size=4)  # 2 steps per epoch
+    module = _Regression()
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=callbacks)
+    trainer.fit(module, train_dataloaders=data, val_dataloaders=DataLoader(TensorDataset(x, x), batch_size=8))
+    return module
+
+
+def _ema(raw: list[float], decay: float) -> list[float]:
+    average, out = 0.0, []  # starts at the initial weight, 0
+    for value in raw:
+        average = decay * average + (1 - decay) * value
+        out.append(average)
+    return out
+
+
+def test_validation_and_the_end_use_the_average_and_training_the_raw_weights():
+    module = _fit([WeightEMA(0.5)])
+    expected = _ema(module.raw_after_step, 0.5)
+    assert len(module.raw_after_step) == 6
+    # Validation after each epoch (2 steps) saw the average at that step, not the raw weight.
+    assert module.validated_with == pytest.approx([expected[1], expected[3], expected[5]], abs=1e-6)
+    assert module.validated_with[0] != pytest.approx(module.raw_after_step[1], abs=1e-3)
+    # Training went on from the raw weights: the raw sequence is plain SGD, monotone towards 2.
+    assert all(b > a for a, b in zip(module.raw_after_step, module.raw_after_step[1:], strict=False))
+    assert float(module.weight.detach()) == pytest.approx(expected[-1], abs=1e-6)
+
+
+def test_best_weights_keep_the_average_they_validated():
+    best = BestWeights("val/score")
+    module = _fit([best, WeightEMA(0.5)], epochs=4)
+    scores = [-abs(v - 1.5) for v in module.validated_with]
+    assert best.best_epoch == scores.index(max(scores))
+    assert float(module.weight.detach()) == pytest.approx(module.validated_with[best.best_epoch], abs=1e-6)
+
+
+def test_decay_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="decay"):
+        WeightEMA(1.0)
