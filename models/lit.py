@@ -235,13 +235,28 @@ class WeightEMA(pl.Callback):
     that one then snapshots the averaged weights it validated. When training ends the
     module keeps the average. The average smooths the epoch-to-epoch noise of the last
     steps, so the epoch chosen on validation matters less.
+
+    With ``warmup`` the ``u``-th update (from 0) uses ``min(decay ** every, (1 + u) / (10 + u))``:
+    early updates follow the weights closely, so the first epochs' validation (and a short
+    fine-tuning run on a small day) is not dominated by the starting weights (TensorFlow's
+    ``ExponentialMovingAverage(num_updates=...)`` does the same). Without it the average keeps
+    ``decay ** steps`` of the starting weights (a shrinkage towards them: 5-10% after ml-100k's
+    ~2,500 steps at 0.999, but nearly all of a tiny run's). ``every`` > 1 updates after
+    every ``every``-th step with ``decay ** every`` (the same time horizon): one update reads
+    and writes every weight, ~25 ms for the 7.7M weights of the two-tower at medium against a
+    47 ms step.
     """
 
-    def __init__(self, decay: float):
+    def __init__(self, decay: float, every: int = 1, warmup: bool = True):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        if every < 1:
+            raise ValueError(f"EMA update interval must be >= 1 step, got {every}")
         self.decay = decay
+        self.every = every
+        self.warmup = warmup
         self.average: list[torch.Tensor] | None = None
+        self._steps = 0
 
     @staticmethod
     def _parameters(pl_module: pl.LightningModule) -> list[torch.Tensor]:
@@ -251,11 +266,15 @@ class WeightEMA(pl.Callback):
         self.average = [p.detach().clone() for p in self._parameters(pl_module)]
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self.average is not None:
+        self._steps += 1
+        if self.average is not None and self._steps % self.every == 0:
+            update = self._steps // self.every - 1
+            decay = self.decay**self.every
+            if self.warmup:
+                decay = min(decay, (1.0 + update) / (10.0 + update))
             with torch.no_grad():
-                # lerp_(w, 1 - decay): ema + (1 - decay) * (w - ema)
-                torch._foreach_lerp_(self.average, [p.detach() for p in self._parameters(pl_module)],
-                                     1.0 - self.decay)
+                # lerp_(w, 1 - d): ema + (1 - d) * (w - ema)
+                torch._foreach_lerp_(self.average, [p.detach() for p in self._parameters(pl_module)], 1.0 - decay)
 
     def _swap(self, pl_module: pl.LightningModule) -> None:
         if self.average is None:
@@ -335,12 +354,15 @@ def fit_module(
     workdir: str | None = None,
     threads: int | None = None,
     ema_decay: float = 0.0,
+    ema_every: int = 1,
+    ema_warmup: bool = True,
 ) -> FitRun:
     """Fit ``module`` deterministically, keep the best validation epoch, save ``<workdir>/<name>.ckpt``.
 
     ``datamodule`` must be set up and expose ``validation`` (the validation users).
     ``threads`` overrides ``options.train_threads`` (torch intra-op threads; 0 = torch's default).
-    ``ema_decay`` > 0 validates and keeps an exponential moving average of the weights (:class:`WeightEMA`).
+    ``ema_decay`` > 0 validates and keeps an exponential moving average of the weights, updated every
+    ``ema_every`` steps, with or without warm-up (:class:`WeightEMA`).
     """
     training = config.training
     # Without validation users (e.g. fit_predict on a bare training file) the last epoch is kept.
@@ -350,7 +372,7 @@ def fit_module(
     max_epochs = options.incremental_epochs if incremental else training.max_epochs
     with deterministic_torch(options.train_threads if threads is None else threads):
         # WeightEMA after BestWeights: the best epoch's snapshot is taken of the averaged weights.
-        callbacks: list[pl.Callback] = [history, best] + ([WeightEMA(ema_decay)] if ema_decay > 0 else [])
+        callbacks: list[pl.Callback] = [history, best] + ([WeightEMA(ema_decay, ema_every, ema_warmup)] if ema_decay > 0 else [])
         trainer = make_trainer(config, options, max_epochs, callbacks, workdir, monitor=monitor)
         trainer.fit(module, datamodule=datamodule)
     checkpoint = str(Path(workdir) / f"{name}.ckpt")

@@ -162,9 +162,16 @@ class ModelOptions:
     tt_id_dropout: float = 0.1
     #: Two-tower: learning rate multiplied by this after every epoch of a full fit (1 = constant).
     tt_lr_decay: float = 0.9
-    #: Two-tower: validate and keep an exponential moving average of the weights, updated
-    #: every step with this decay (0 = off; the raw weights of the best epoch).
+    #: Two-tower: validate and keep an exponential moving average of the weights with this decay
+    #: per step (0 = off: the raw weights of the best epoch). See ``tt_ema_warmup``.
     tt_ema_decay: float = 0.0
+    #: Two-tower: the average's first updates follow the weights closely (TensorFlow-style
+    #: warm-up). Off, it starts at the initial weights and keeps decay ** steps of them, a
+    #: shrinkage that only suits fits of many steps (the quality benchmark turns it off: see there).
+    tt_ema_warmup: bool = True
+    #: Two-tower: steps between updates of that average (decay ** n per update); 0 = one step per
+    #: 2M weights, rounded up (ml-100k 1, the medium preset 4).
+    tt_ema_every: int = 0
     #: Two-tower: L2 weight decay (AdamW).
     tt_weight_decay: float = 1e-5
     #: Two-tower: catalogues up to this size are scored with the full MLP; larger ones two-stage.

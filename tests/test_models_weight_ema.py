@@ -47,17 +47,23 @@ def _fit(callbacks: list[pl.Callback], epochs: int = 3) -> _Regression:
     return module
 
 
-def _ema(raw: list[float], decay: float) -> list[float]:
-    average, out = 0.0, []  # starts at the initial weight, 0
-    for value in raw:
-        average = decay * average + (1 - decay) * value
+def _ema(raw: list[float], decay: float, every: int = 1) -> list[float]:
+    """The average after each step: updates every ``every`` steps with the warm-up decay."""
+    average, out, updates = 0.0, [], 0  # starts at the initial weight, 0
+    for step, value in enumerate(raw, start=1):
+        if step % every == 0:
+            d = min(decay**every, (1 + updates) / (10 + updates))
+            average = d * average + (1 - d) * value
+            updates += 1
         out.append(average)
     return out
 
 
 def test_validation_and_the_end_use_the_average_and_training_the_raw_weights():
-    module = _fit([WeightEMA(0.5)])
-    expected = _ema(module.raw_after_step, 0.5)
+    module = _fit([WeightEMA(0.9)])
+    expected = _ema(module.raw_after_step, 0.9)
+    # Warm-up: the first updates use (1 + u) / (10 + u) = 0.1, 0.18, ... below 0.9.
+    assert expected[0] == pytest.approx(0.9 * module.raw_after_step[0])
     assert len(module.raw_after_step) == 6
     # Validation after each epoch (2 steps) saw the average at that step, not the raw weight.
     assert module.validated_with == pytest.approx([expected[1], expected[3], expected[5]], abs=1e-6)
@@ -78,3 +84,32 @@ def test_best_weights_keep_the_average_they_validated():
 def test_decay_out_of_range_is_refused():
     with pytest.raises(ValueError, match="decay"):
         WeightEMA(1.0)
+    with pytest.raises(ValueError, match="interval"):
+        WeightEMA(0.9, every=0)
+
+
+def test_sparser_updates_keep_the_time_horizon():
+    module = _fit([WeightEMA(0.5, every=2)])
+    expected = _ema(module.raw_after_step, 0.5, every=2)
+    # Updates after steps 2, 4, 6 with decay min(0.5 ** 2, warm-up) = 0.1, 0.18, 0.25.
+    assert expected[1] == pytest.approx(0.9 * module.raw_after_step[1])
+    assert module.validated_with == pytest.approx([expected[1], expected[3], expected[5]], abs=1e-6)
+    assert float(module.weight.detach()) == pytest.approx(expected[-1], abs=1e-6)
+
+
+def test_update_interval_scales_with_the_weights():
+    from models.two_tower import ema_interval
+
+    assert ema_interval(nn.Linear(10, 10), 0) == 1
+    assert ema_interval(nn.Linear(10, 10), 3) == 3
+    assert ema_interval(nn.Embedding(100_000, 50), 0) == 3  # 5M weights, one step per 2M
+
+
+def test_without_warmup_the_average_starts_at_the_initial_weights():
+    module = _fit([WeightEMA(0.9, warmup=False)])
+    average, expected = 0.0, []
+    for value in module.raw_after_step:
+        average = 0.9 * average + 0.1 * value
+        expected.append(average)
+    assert module.validated_with == pytest.approx([expected[1], expected[3], expected[5]], abs=1e-6)
+    assert float(module.weight.detach()) == pytest.approx(expected[-1], abs=1e-6)
