@@ -103,7 +103,9 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "tt_ema_warmup": False,
             "blend_models": ["ease", "two_tower", "cf_bpr"],
         },
-        "model_training": MODEL_TRAINING,
+        # 128-dimensional two-tower embeddings, chosen on the inner split: inner NDCG@10 0.2520
+        # against 0.2424 at 64 (seed 42, with the weight average above).
+        "model_training": {**MODEL_TRAINING, "two_tower": {**MODEL_TRAINING["two_tower"], "embedding_dim": 128}},
     },
     "frappe": {
         "training": TRAINING,

@@ -9,7 +9,6 @@ components in ``training.models``: it reuses the components fitted in the same r
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import scipy.sparse as sp
 from models.base import Recommender
 from models.common import FitResult, ModelOptions
 from models.data import InteractionData
-from models.evaluation import evaluate, evaluation_users, score_in_data_columns
+from models.evaluation import evaluate, evaluation_users, sample_evaluation_users, score_in_data_columns
 from personalization.config import Config
 
 log = logging.getLogger(__name__)
@@ -131,13 +130,8 @@ def _search_data(data: InteractionData, n_components: int, options: ModelOptions
         return data
     if fitting < options.blend_min_search_users:
         return None
-    sample = np.sort(np.random.default_rng(0).choice(rows, size=fitting, replace=False))
-    keep = np.zeros(data.n_users, dtype=bool)
-    keep[sample] = True
-    validation = sp.csr_matrix(data.validation.multiply(keep[:, None].astype(np.float32)))
-    validation.eliminate_zeros()
     log.info("blend weight search on %d of %d validation users (cache budget)", fitting, len(rows))
-    return dataclasses.replace(data, validation=validation)
+    return sample_evaluation_users(data, fitting, seed=0)
 
 
 def fit_blend(

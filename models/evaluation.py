@@ -16,6 +16,7 @@ so :func:`mlflow_metric_name` turns them into ``"ndcg_at_10"``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Collection, Hashable, Mapping, Sequence
@@ -281,6 +282,21 @@ def evaluation_users(data: InteractionData) -> tuple[np.ndarray, list[np.ndarray
     rows = np.flatnonzero(counts > 0).astype(np.int64)
     truth = np.split(unseen.indices.astype(np.int32, copy=False), unseen.indptr[1:-1])
     return rows, [truth[row] for row in rows]
+
+
+def sample_evaluation_users(data: InteractionData, max_users: int, seed: int) -> InteractionData:
+    """``data`` with its validation matrix cut to a seeded uniform sample of ``max_users`` of the
+    users :func:`evaluation_users` scores; ``data`` itself when ``max_users`` <= 0 or there are no
+    more users than that. Per-epoch validation and the blend's weight search use it."""
+    rows, _ = evaluation_users(data)
+    if max_users <= 0 or len(rows) <= max_users:
+        return data
+    sample = np.sort(np.random.default_rng(seed).choice(rows, size=max_users, replace=False))
+    keep = np.zeros(data.n_users, dtype=np.float32)
+    keep[sample] = 1.0
+    validation = sp.csr_matrix(data.validation.multiply(keep[:, None]))
+    validation.eliminate_zeros()
+    return dataclasses.replace(data, validation=validation)
 
 
 def _pattern(matrix: sp.spmatrix) -> sp.csr_matrix:

@@ -30,7 +30,7 @@ from torchmetrics import Metric
 
 from models.common import ModelOptions
 from models.data import InteractionData
-from models.evaluation import evaluation_users
+from models.evaluation import evaluation_users, sample_evaluation_users
 from personalization.config import Config
 
 
@@ -90,10 +90,7 @@ class EvaluationRows(Dataset):
     def __init__(self, data: InteractionData, max_users: int = 0, seed: int = 0):
         """``max_users`` > 0 keeps a seeded uniform sample of that many validation users
         (the per-epoch NDCG picks the best epoch; it need not score every user)."""
-        rows, truth = evaluation_users(data)
-        if 0 < max_users < len(rows):
-            keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_users, replace=False))
-            rows, truth = rows[keep], [truth[position] for position in keep]
+        rows, truth = evaluation_users(sample_evaluation_users(data, max_users, seed))
         self.rows = rows
         self.seen = data.train.tocsr()
         n_apps = data.n_apps
