@@ -223,6 +223,18 @@ class BestWeights(pl.Callback):
             pl_module.load_state_dict(self.best_state)
 
 
+#: Weights per step of the automatic weight-average update interval (see :func:`ema_interval`).
+EMA_WEIGHTS_PER_STEP = 2_000_000
+
+
+def ema_interval(module: torch.nn.Module, configured: int) -> int:
+    """Steps between weight-average updates: ``configured`` if > 0, else one step per 2M weights
+    (rounded up), so an update stays a small share of a step (ml-100k: 1; medium: 4)."""
+    if configured > 0:
+        return configured
+    return max(1, math.ceil(sum(p.numel() for p in module.parameters()) / EMA_WEIGHTS_PER_STEP))
+
+
 class WeightEMA(pl.Callback):
     """Exponential moving average of the trained weights, used for validation and kept at the end.
 
@@ -351,7 +363,7 @@ def fit_module(
     workdir: str | None = None,
     threads: int | None = None,
     ema_decay: float = 0.0,
-    ema_every: int = 1,
+    ema_every: int = 0,
     ema_warmup: bool = True,
 ) -> FitRun:
     """Fit ``module`` deterministically, keep the best validation epoch, save ``<workdir>/<name>.ckpt``.
@@ -359,7 +371,8 @@ def fit_module(
     ``datamodule`` must be set up and expose ``validation`` (the validation users).
     ``threads`` overrides ``options.train_threads`` (torch intra-op threads; 0 = torch's default).
     ``ema_decay`` > 0 validates and keeps an exponential moving average of the weights, updated every
-    ``ema_every`` steps, with or without warm-up (:class:`WeightEMA`).
+    ``ema_every`` steps (0: :func:`ema_interval` of the module's size), with or without warm-up
+    (:class:`WeightEMA`).
     """
     training = config.training
     # Without validation users (e.g. fit_predict on a bare training file) the last epoch is kept.
@@ -369,7 +382,9 @@ def fit_module(
     max_epochs = options.incremental_epochs if incremental else training.max_epochs
     with deterministic_torch(options.train_threads if threads is None else threads):
         # WeightEMA after BestWeights: the best epoch's snapshot is taken of the averaged weights.
-        callbacks: list[pl.Callback] = [history, best] + ([WeightEMA(ema_decay, ema_every, ema_warmup)] if ema_decay > 0 else [])
+        callbacks: list[pl.Callback] = [history, best]
+        if ema_decay > 0:
+            callbacks.append(WeightEMA(ema_decay, ema_interval(module, ema_every), ema_warmup))
         trainer = make_trainer(config, options, max_epochs, callbacks, workdir, monitor=monitor)
         trainer.fit(module, datamodule=datamodule)
     checkpoint = str(Path(workdir) / f"{name}.ckpt")

@@ -29,7 +29,6 @@ keep their dot-product order below every candidate. Scores are logits.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,9 +58,6 @@ from models.lit import (
     seed_everything,
 )
 from personalization.config import Config
-
-#: Weights per step of the weight-average update interval (see :func:`ema_interval`).
-EMA_WEIGHTS_PER_STEP = 2_000_000
 
 #: Heavy-tailed app columns are log1p-transformed before standardisation.
 LOG_COLUMNS = ("price", "pop_7d", "pop_30d", "freshness_days")
@@ -577,14 +573,6 @@ class TwoTowerDataModule(CpuBatchesMixin, pl.LightningDataModule):
         return DataLoader(self.validation, batch_size=256, collate_fn=self.collate_validation)
 
 
-def ema_interval(module: nn.Module, configured: int) -> int:
-    """Steps between weight-average updates: ``configured`` if > 0, else one step per 2M weights
-    (rounded up), so an update stays a small share of a step (ml-100k: 1; medium: 4)."""
-    if configured > 0:
-        return configured
-    return max(1, math.ceil(sum(p.numel() for p in module.parameters()) / EMA_WEIGHTS_PER_STEP))
-
-
 # ------------------------------------------------------------------ recommender
 class TwoTowerRecommender(Recommender):
     """Scores with the trained towers; unseen users are represented by their history alone."""
@@ -745,7 +733,7 @@ def fit_two_tower(
     run = fit_module(
         config, options, module, datamodule, "two_tower", incremental, workdir, threads=options.tt_train_threads,
         ema_decay=options.tt_ema_decay,
-        ema_every=ema_interval(module, options.tt_ema_every),
+        ema_every=options.tt_ema_every,
         ema_warmup=options.tt_ema_warmup,
     )
     history, best, checkpoint, max_epochs = run.history, run.best, run.checkpoint_path, run.max_epochs

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.lit import BestWeights, WeightEMA
+from models.lit import BestWeights, WeightEMA, ema_interval
 
 
 class _Regression(pl.LightningModule):
@@ -98,8 +98,6 @@ def test_sparser_updates_keep_the_time_horizon():
 
 
 def test_update_interval_scales_with_the_weights():
-    from models.two_tower import ema_interval
-
     assert ema_interval(nn.Linear(10, 10), 0) == 1
     assert ema_interval(nn.Linear(10, 10), 3) == 3
     assert ema_interval(nn.Embedding(100_000, 50), 0) == 3  # 5M weights, one step per 2M
