@@ -264,3 +264,18 @@ def test_fast_dropout_is_inverted_dropout_seeded_by_torch() -> None:
     assert FastDropout(0.0).train()(inputs) is inputs
     with pytest.raises(ValueError, match="dropout probability"):
         FastDropout(1.0)
+
+
+def test_weight_average_option_keeps_the_average_it_validated(toy, tmp_path) -> None:
+    options = ModelOptions(tt_hidden_dim=16, tt_sampled_negatives=8, tt_ema_decay=0.9, tt_ema_warmup=False)
+    fit = fit_two_tower(toy, _config(tmp_path, max_epochs=3), options, workdir=str(tmp_path))
+    plain = fit_two_tower(toy, _config(tmp_path / "plain", max_epochs=3), ModelOptions(tt_hidden_dim=16,
+                          tt_sampled_negatives=8), workdir=str(tmp_path / "plain"))
+    # The kept weights are the averaged snapshot of the best epoch: evaluating them gives that epoch's NDCG.
+    ndcg = evaluate(fit.recommender, toy, 10)["ndcg@10"]
+    assert max(row["val/ndcg@10"] for row in fit.history) == pytest.approx(ndcg, abs=1e-6)
+    users, history = toy.user_ids[:4].tolist(), toy.train[:4]
+    assert not np.allclose(fit.recommender.score(users, history), plain.recommender.score(users, history))
+    module = TwoTowerModule.load_from_checkpoint(fit.checkpoint_path, map_location="cpu")
+    reloaded = TwoTowerRecommender(module.net, TowerFeatures.from_data(toy), dict(module.hparams))
+    np.testing.assert_array_equal(reloaded.score(users, history), fit.recommender.score(users, history))
