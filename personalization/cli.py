@@ -9,6 +9,7 @@ Examples::
     pe summary                          # what the last run produced and how to look at it
     pe show-user u0000042               # a user's serving rows
     pe versions / pe rollback           # serving versions, instant rollback
+    pe serving-roles                    # the apps' read-only role on PostgreSQL (setup)
     pe config                           # the effective configuration
     pe airflow-env                      # exports for `airflow standalone` with this project
 """
@@ -159,6 +160,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serving_roles(args: argparse.Namespace) -> int:
+    from personalization.serving.db import make_engine
+    from personalization.serving.roles import ensure_reader_role
+
+    config = _config(args)
+    if not config.serving.reader_role:
+        raise ValueError("serving.reader_role is empty: no reader role to set up")
+    engine = make_engine(config.serving_url)
+    try:
+        _print_json(ensure_reader_role(engine, role=config.serving.reader_role))
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
@@ -253,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("versions", cmd_versions, "List the serving versions kept for rollback.")
     rollback = add("rollback", cmd_rollback, "Switch the serving tables back to a kept version.")
     rollback.add_argument("--version", type=int, help="version to make live (default: the previous one)")
+    add("serving-roles", cmd_serving_roles,
+        "Create or update the apps' read-only PostgreSQL role (serving.reader_role; password from "
+        "$PE_APP_READER_PASSWORD). Every publish does it too; run it once at setup.")
 
     delete = add("delete-user", cmd_delete_user,
                  "Delete users from every store (lake, serving DB, Redis, models), then verify zero traces.")

@@ -266,6 +266,9 @@ class ServingConfig:
     #: Optional Redis sink, e.g. redis://127.0.0.1:6379/0; empty disables it.
     redis_url: str = ""
     redis_ttl_seconds: int = 172800
+    #: PostgreSQL role apps read through (SELECT on the stable views only), created or repaired on
+    #: every publish; its password comes from $PE_APP_READER_PASSWORD, never from configuration.
+    reader_role: str = "pe_app_reader"
 
 
 @dataclass

@@ -77,7 +77,8 @@ def make_config(tmp_path: Path, url: str, **serving: Any) -> Config:
     return load_config(
         overrides={
             "paths": {"root": str(tmp_path), "var_dir": str(tmp_path / "var"), "lake_root": str(tmp_path / "lake")},
-            "serving": {"url": url, "keep_versions": 2, **serving},
+            # No reader role unless a test asks: roles are cluster-wide, and these tests drop only their own.
+            "serving": {"url": url, "keep_versions": 2, "reader_role": "", **serving},
             "scoring": {"top_n": 3},
         },
         environ={},
@@ -549,11 +550,13 @@ def test_reader_role_reads_views_only(postgres_url: str, tmp_path: Path, engines
     monkeypatch.setenv("PE_TEST_READER_PASSWORD", "s3cret-for-tests")
     try:
         assert ensure_reader_role(engine, role=role, password_env="PE_TEST_READER_PASSWORD") == {
-            "role": role, "created": True, "password_set": True, "granted_views": []}
+            "role": role, "created": True, "password_set": True, "granted_views": [],
+            "public_create_revoked": [], "public_create_still_granted": []}
         config = make_config(tmp_path, postgres_url)
         publish(config, DATE, write_world(tmp_path, "w1"), "m1")
         assert ensure_reader_role(engine, role=role, password_env=None) == {
-            "role": role, "created": False, "password_set": False, "granted_views": list(ROW_COUNTS)}
+            "role": role, "created": False, "password_set": False, "granted_views": list(ROW_COUNTS),
+            "public_create_revoked": [], "public_create_still_granted": []}
         publish(config, DATE, write_world(tmp_path, "w2"), "m2")  # views re-created: grants must survive
 
         reader = psycopg2.connect(postgres_url.replace("postgres@", f"{role}:s3cret-for-tests@"), connect_timeout=3)

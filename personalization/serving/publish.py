@@ -38,7 +38,7 @@ from personalization.serving.db import (
 )
 from personalization.serving.loader import LoadStats, load_table
 from personalization.serving.migrations import migrate
-from personalization.serving.roles import grant_reader_roles
+from personalization.serving.roles import ensure_reader_role, grant_reader_roles
 from personalization.serving.schema import SERVING_TABLES, create_index_sql, create_table_sql, physical_name
 
 log = logging.getLogger("personalization.serving")
@@ -148,6 +148,22 @@ def _prune(engine: Engine, keep: int) -> list[int]:
     return sorted(dropped)
 
 
+def _ensure_reader(config: Config, engine: Engine) -> None:
+    """Create or repair ``serving.reader_role`` on PostgreSQL (README: apps read through it).
+
+    A failure here (typically a writer without CREATEROLE) is logged as an error and the
+    publish goes on: roles set up before are still re-granted at the switch, and the
+    error says to run ``pe serving-roles`` once as a role that may.
+    """
+    if not config.serving.reader_role or dialect_of(engine) != "postgresql":
+        return
+    try:
+        ensure_reader_role(engine, role=config.serving.reader_role)
+    except sa.exc.DBAPIError as error:  # e.g. no CREATEROLE: the data publish itself must not fail on it
+        log.error("serving: could not create or update reader role %s (%s); run `pe serving-roles` as a role "
+                  "with CREATEROLE", config.serving.reader_role, str(error.orig).strip())
+
+
 def _redis_sync(config: Config, engine: Engine, version: int, prefix: str) -> dict[str, Any] | None:
     if not config.serving.redis_url:
         return None
@@ -200,6 +216,7 @@ def publish(
     engine = make_engine(config.serving_url)
     try:
         migrate(engine)
+        _ensure_reader(config, engine)
         with publish_lock(engine):
             result = _publish_locked(config, engine, date, tables, model_version, variant_info, expectations)
         result["redis"] = _redis_sync(config, engine, result["version"], redis_prefix)
@@ -315,6 +332,7 @@ def rollback(config: Config, version: int | None = None, *, redis_prefix: str = 
     engine = make_engine(config.serving_url)
     try:
         migrate(engine)
+        _ensure_reader(config, engine)
         with publish_lock(engine):
             with write_transaction(engine) as connection:
                 live = current_version(connection)
