@@ -14,13 +14,15 @@ export PYTHONUNBUFFERED := 1
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-20s %s\n", $$1, $$2}'
 
-$(STAMP): setup.cfg constraints.txt pyproject.toml
+$(STAMP): setup.cfg constraints.txt pyproject.toml scripts/venv_spark_home.py
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" wheel "setuptools>=68"
 	@# torch first, pinned to the CPU build: a looser request would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@# .venv/bin/spark-submit without an activated venv: its find-spark-home would run a bare python3.
+	$(BIN)/python scripts/venv_spark_home.py $(VENV)
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the pinned dependencies

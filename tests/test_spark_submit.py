@@ -44,15 +44,34 @@ def test_job_command_line_needs_a_real_date() -> None:
         submit.parse_args("build_profiles", [])
 
 
+def _user_env() -> dict[str, str]:
+    """A user's shell: venv not activated (its bin/ off PATH), no Spark variables, no PE_ settings."""
+    venv_bin = str(SPARK_SUBMIT.parent)
+    path = os.pathsep.join(entry for entry in os.environ.get("PATH", "").split(os.pathsep)
+                           if entry and os.path.abspath(entry) != venv_bin)
+    dropped = ("SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PE_") and key not in dropped}
+    env["PATH"] = path
+    return env
+
+
+def test_venv_spark_submit_finds_spark_home_without_help(tmp_path: Path) -> None:
+    """README's `spark-submit` from the venv, venv not activated: no "Could not find valid SPARK_HOME"."""
+    completed = subprocess.run([str(SPARK_SUBMIT), "--version"], cwd=tmp_path, env=_user_env(),
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Could not find valid SPARK_HOME" not in completed.stderr
+    assert "version" in completed.stdout + completed.stderr
+
+
 @pytest.mark.slow
 def test_validate_raw_events_under_spark_submit(tmp_path: Path) -> None:
     from personalization.generator import generate_world
 
     root = tmp_path / "root"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PE_")}
-    env.update(PE_ROOT=str(root), PE_GENERATOR__SCALE="tiny", PE_SPARK__SHUFFLE_PARTITIONS="2",
-               # The cluster's Python (here the project venv) runs the driver and the workers.
-               PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    # As README's "Cluster submission" says it: no SPARK_HOME, no PYSPARK_PYTHON, venv not activated.
+    env = _user_env()
+    env.update(PE_ROOT=str(root), PE_GENERATOR__SCALE="tiny", PE_SPARK__SHUFFLE_PARTITIONS="2")
     config = load_config(environ=env)
     summary = generate_world(config, progress=False)
     date = summary.first_date
