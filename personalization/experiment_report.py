@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
 import io
 import logging
 import math
@@ -584,15 +583,13 @@ def log_to_mlflow(
 
 # ------------------------------------------------------------------ HTML
 def _png(figure: Any) -> str:
-    """A matplotlib figure as an ``<img>`` with a base64 PNG (the page has no external files)."""
+    """A matplotlib figure as base64 PNG (the page embeds it: no external files)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
     plt.close(figure)
-    return (
-        f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode("ascii")}"/>'
-    )
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _pyplot() -> Any:
@@ -667,6 +664,10 @@ def kpi_figure(kpis: pd.DataFrame) -> str:
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
+    """A number to ``digits`` significant digits, "–" when missing or not finite; other values as text.
+
+    The template escapes the result (autoescape), so this returns plain text.
+    """
     value = (
         _finite(value)
         if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
@@ -676,13 +677,65 @@ def _fmt(value: Any, digits: int = 4) -> str:
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}g}"
-    return html.escape(str(value))
+    return str(value)
 
 
 def _percent(fraction: float) -> float | None:
     """A fraction as percent; None when undefined (relative lift over a zero control mean)."""
     value = _finite(fraction)
     return None if value is None else 100.0 * value
+
+
+#: The report page's template (``personalization/templates``), rendered with autoescape.
+REPORT_TEMPLATE = "experiment_report.html.j2"
+
+
+def _template_environment() -> Any:
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("personalization", "templates"),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails the render instead of printing nothing
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["fmt"] = _fmt
+    return environment
+
+
+def _experiment_view(result: ExperimentResult) -> dict[str, Any]:
+    """What the template shows of one experiment: arms, the SRM check, comparisons, plots, notes."""
+    experiment, srm = result.experiment, result.srm
+    counts = result.users["arm"].value_counts().to_dict() if len(result.users) else {}
+    total = sum(counts.values()) or 1
+    comparisons = []
+    for variant, c in zip(result.variants, result.comparisons, strict=True):
+        relative = [_percent(value) for value in (c.relative_lift, *c.relative_ci)]
+        comparisons.append({
+            "variant": variant, "metric": c.metric, "significant": bool(c.significant),
+            "control": c.control_mean, "treatment": c.treatment_mean,
+            "absolute": c.absolute_lift, "absolute_low": c.absolute_ci[0], "absolute_high": c.absolute_ci[1],
+            "relative": relative[0], "relative_low": relative[1], "relative_high": relative[2],
+            "p_value": c.p_value,
+        })
+    plots = []
+    if result.comparisons:
+        plots.append({"alt": f"{experiment.name}: relative lift per metric", "png": lift_figure(result)})
+    if len(result.trend):
+        plots.append({"alt": f"{experiment.name}: daily CTR per variant", "png": trend_figure(result)})
+    return {
+        "name": experiment.name,
+        "arms": [{"name": arm, "users": counts.get(arm, 0), "expected": share,
+                  "observed": counts.get(arm, 0) / total}
+                 for arm, share in experiment.expected_shares().items()],
+        "srm_ok": bool(srm.get("ok")), "srm_chi2": srm.get("chi2"), "srm_p": srm.get("p_value"),
+        "mixed_users": result.mixed_users,
+        "comparisons": comparisons,
+        "plots": plots,
+        "notes": list(result.notes.items()),
+        "skipped": list(result.skipped),
+    }
 
 
 def render_html(
@@ -693,78 +746,14 @@ def render_html(
     kpis: pd.DataFrame,
     unmatched: Sequence[str],
 ) -> str:
-    """The self-contained report page."""
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>Experiment report {e(report_date)}</title>",
-        "<style>body{font-family:sans-serif;margin:24px;max-width:1250px}table{border-collapse:collapse;"
-        "margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}"
-        ".sig{background:#e6f5e6}.bad{color:#b00;font-weight:bold}.ok{color:#070}</style></head><body>",
-        f"<h1>A/B experiments: report of {e(report_date)}</h1>",
-        f"<p>Window {e(start)} .. {e(end)} (UTC). Per-user metrics, Welch t-test, delta-method CI of the "
-        "relative lift. Outcomes count from each user's first exposure day.</p>",
-    ]
-    if not results:
-        parts.append("<p><b>No impressions with a variant in the window: nothing to compare.</b></p>")
-    if unmatched:
-        parts.append(
-            f"<p class='bad'>Variant tags matching no configured experiment: {e(', '.join(unmatched))}</p>"
-        )
-    for result in results:
-        experiment = result.experiment
-        srm = result.srm
-        parts.append(f"<h2>{e(experiment.name)}</h2>")
-        counts = result.users["arm"].value_counts().to_dict() if len(result.users) else {}
-        shares = experiment.expected_shares()
-        parts.append(
-            "<table><tr><th>arm</th><th>users</th><th>expected share</th><th>observed share</th></tr>"
-        )
-        total = sum(counts.values()) or 1
-        for arm in shares:
-            parts.append(
-                f"<tr><td>{e(arm)}</td><td>{counts.get(arm, 0)}</td><td>{shares[arm]:.3f}</td>"
-                f"<td>{counts.get(arm, 0) / total:.3f}</td></tr>"
-            )
-        parts.append("</table>")
-        srm_class = "ok" if srm.get("ok") else "bad"
-        parts.append(
-            f"<p class='{srm_class}'>Sample ratio check: chi2 {_fmt(srm.get('chi2'))}, "
-            f"p {_fmt(srm.get('p_value'))} — "
-            f"{'allocation as expected' if srm.get('ok') else 'SAMPLE RATIO MISMATCH: do not trust the lifts'}"
-            f"</p><p>Users with two variants (excluded): {result.mixed_users}</p>"
-        )
-        parts.append(
-            "<table><tr><th>variant</th><th>metric</th><th>control</th><th>treatment</th>"
-            "<th>abs. lift [CI]</th><th>rel. lift [CI]</th><th>p</th></tr>"
-        )
-        for variant, c in zip(result.variants, result.comparisons, strict=True):
-            css = " class='sig'" if c.significant else ""
-            relative = [_percent(value) for value in (c.relative_lift, *c.relative_ci)]
-            parts.append(
-                f"<tr{css}><td>{e(variant)}</td><td>{e(c.metric)}</td><td>{_fmt(c.control_mean)}</td>"
-                f"<td>{_fmt(c.treatment_mean)}</td><td>{_fmt(c.absolute_lift)} [{_fmt(c.absolute_ci[0])}, "
-                f"{_fmt(c.absolute_ci[1])}]</td><td>{_fmt(relative[0], 3)}% [{_fmt(relative[1], 3)}, "
-                f"{_fmt(relative[2], 3)}]</td><td>{_fmt(c.p_value, 3)}</td></tr>"
-            )
-        parts.append("</table>")
-        if result.comparisons:
-            parts.append(lift_figure(result))
-        if len(result.trend):
-            parts.append(trend_figure(result))
-        parts.append(
-            "<h3>Sample size</h3><ul>"
-            + "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in result.notes.items())
-            + "".join(f"<li class='bad'>skipped {e(s)}</li>" for s in result.skipped)
-            + "</ul>"
-        )
-    parts.append("<h2>Personalization KPIs</h2>")
-    if len(kpis):
-        parts.append(kpi_figure(kpis))
-    else:
-        parts.append("<p>No rows in the kpis table yet.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    """The self-contained report page (Jinja2 template ``REPORT_TEMPLATE``, every value escaped)."""
+    template = _template_environment().get_template(REPORT_TEMPLATE)
+    return template.render(
+        report_date=report_date, start=start, end=end,
+        experiments=[_experiment_view(result) for result in results],
+        unmatched=list(unmatched),
+        kpi_plot={"alt": "KPI trends", "png": kpi_figure(kpis)} if len(kpis) else None,
+    )
 
 
 # ------------------------------------------------------------------ entry point

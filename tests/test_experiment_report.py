@@ -196,3 +196,18 @@ def test_dag_tasks_run_for_the_date_of_the_triggering_publish(
     monitored = dag.get_task("monitor").python_callable(report, **context)
     # No user_features / recommendations and no trailing event counts: drift is skipped, volume not judged.
     assert monitored["status"] == "ok" and monitored["date"] == D
+
+
+def test_report_page_escapes_every_value_it_shows() -> None:
+    """The Jinja2 template autoescapes: a tag or date carrying markup is shown, never executed."""
+    import pandas as pd
+
+    from personalization.experiment_report import render_html
+
+    hostile = "<script>alert(1)</script>"
+    page = render_html(f"{D}<b>", D_1, D, [], pd.DataFrame(), [hostile, "a&b"])
+    assert "<script>" not in page and f"{D}<b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;, a&amp;b" in page
+    assert "<title>Experiment report 2026-10-10&lt;b&gt;</title>" in page
+    assert "No impressions with a variant in the window: nothing to compare." in page
+    assert "No rows in the kpis table yet." in page

@@ -1,7 +1,8 @@
 """The experiment report renders in headless Chromium with its plots (acceptance 4).
 
 Needs Chromium (``/usr/bin/chromium`` or on PATH, e.g. ``apt-get install chromium``);
-skips with that reason when it is missing.
+skips with that reason when it is missing, except in CI (``CI=true``), where ``.ci/run``
+installs it and a missing browser fails the test.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ screenshot_report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(screenshot_report)
 
 CHROMIUM = screenshot_report.find_chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
+
+
+@pytest.fixture(autouse=True)
+def _chromium_present() -> None:
+    if CHROMIUM is None:
+        from tests.services import unreachable
+
+        unreachable("Chromium (apt-get install chromium)", "not installed")
 
 
 def kpi_page(tmp_path: Path) -> Path:
