@@ -1374,7 +1374,9 @@ def score_users(
             "top_n": int(config.scoring.top_n),
             "active_users": targets["active_users"],
             "exclusions": targets["exclusions"],
-            "deleted_users": sorted(deleted),
+            # Only ids a caller passed (none in the nightly run): run records hold no personal ids, so
+            # the publish reads the tombstone itself (personalization.pipeline.publish_expectations).
+            "deleted_users": sorted(str(user) for user in (deleted_users or [])),
             "min_rows": {"recommendations": 1, "user_insights": 1, "similar_apps": 1} if len(scored) else
             {"user_insights": 1},
         },

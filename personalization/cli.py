@@ -183,9 +183,15 @@ def cmd_delete_user(args: argparse.Namespace) -> int:
     from personalization.data_rights import delete_users, verify_deleted
 
     config = _config(args)
-    result = delete_users(config, args.user_ids, args.requested_by)
+    result = delete_users(config, args.user_ids, args.requested_by, dry_run=args.dry_run,
+                          allow_unknown=args.allow_unknown)
+    if args.dry_run:  # nothing changed: what would go, per store and per user, and where
+        _print_json({"dry_run": True, "would_delete": result["counts"], "by_user": result["by_user"],
+                     "unknown": result["unknown"], "details": result["details"]})
+        return 0
     check = verify_deleted(config, args.user_ids)
-    _print_json({"deleted": result.get("counts"), "verification": {k: check[k] for k in ("clean", "hits")}})
+    _print_json({"deleted": result.get("counts"), "unknown": result["unknown"], "resumed": result["resumed"],
+                 "verification": {k: check[k] for k in ("clean", "hits")}})
     return 0 if check["clean"] else 1
 
 
@@ -200,7 +206,7 @@ def cmd_verify_deleted(args: argparse.Namespace) -> int:
 def cmd_export_user(args: argparse.Namespace) -> int:
     from personalization.data_rights import export_user
 
-    result = export_user(_config(args), args.user_id, args.requested_by)
+    result = export_user(_config(args), args.user_id, args.requested_by, allow_unknown=args.allow_unknown)
     print(result["path"])
     return 0
 
@@ -277,11 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
                  "Delete users from every store (lake, serving DB, Redis, models), then verify zero traces.")
     delete.add_argument("user_ids", nargs="+", metavar="USER_ID", help="the app's user ids")
     delete.add_argument("--requested-by", required=True, help="who asked (recorded in the audit log)")
+    delete.add_argument("--dry-run", action="store_true", help="list what would be removed, per store; change nothing")
+    delete.add_argument("--allow-unknown", action="store_true",
+                        help="proceed for ids that are not known users (no raw/users record, no pseudonym)")
     verify = add("verify-deleted", cmd_verify_deleted, "Search every store for users' identifiers.")
     verify.add_argument("user_ids", nargs="+", metavar="USER_ID", help="the app's user ids")
     export = add("export-user", cmd_export_user, "Export everything held about a user as JSON (right of access).")
     export.add_argument("user_id", help="the app's user id")
     export.add_argument("--requested-by", required=True, help="who asked (recorded in the audit log)")
+    export.add_argument("--allow-unknown", action="store_true", help="export even if the id is not a known user")
     retention = add("retention", cmd_retention, "Delete data and model versions older than the retention limits.")
     retention.add_argument("--today", help="reference date YYYY-MM-DD (default: today, UTC)")
     retention.add_argument("--requested-by", default="retention", help="recorded in the audit log")

@@ -183,6 +183,19 @@ def score_users(config: Config, date: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- serving stages
+def publish_expectations(config: Config, score_result: dict[str, Any]) -> dict[str, Any]:
+    """The publish checks' expectations with the deleted users read from the tombstone now.
+
+    The score_users record holds no personal ids (run records are searched by
+    ``pe verify-deleted``), so the ids the checks need come from ``silver/deleted_users``.
+    """
+    from models.scoring import load_deleted_users
+
+    expected = dict(score_result.get("expected", {}))
+    expected["deleted_users"] = sorted(load_deleted_users(config, expected.get("deleted_users")))
+    return expected
+
+
 def publish_serving(config: Config, date: str, score_result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Atomically publish the scored tables to the serving database."""
     from personalization.privacy import load_user_map
@@ -191,6 +204,7 @@ def publish_serving(config: Config, date: str, score_result: dict[str, Any] | No
     score_result = score_result or read_record(config, date, "score_users")
     if not score_result:
         raise RuntimeError(f"no score_users record for {date}: run score_users first")
+    expected = publish_expectations(config, score_result)  # before staging: the tombstone is not staged
 
     def work() -> dict[str, Any]:
         lake = Lake(config)  # inside: a staged run points config at the local copy
@@ -199,7 +213,7 @@ def publish_serving(config: Config, date: str, score_result: dict[str, Any] | No
             date,
             tables={name: lake.partition(lake.gold(name), date) for name in SERVING_TABLES},
             model_version=str(score_result.get("model_version", "unknown")),
-            expected=score_result.get("expected", {}),
+            expected=expected,
             user_map=load_user_map(config, date),  # the lake's pseudonyms -> the app's user ids
         )
 
@@ -211,10 +225,10 @@ def validate_serving(config: Config, date: str, publish_result: dict[str, Any] |
     from personalization.privacy import load_user_map
     from personalization.serving.publish import validate_serving as check
 
-    score_result = read_record(config, date, "score_users") or {}
+    expected = publish_expectations(config, read_record(config, date, "score_users") or {})
     return _timed(
         "validate_serving", config, date,
-        lambda: check(config, date, expected=score_result.get("expected", {}), user_map=load_user_map(config, date)),
+        lambda: check(config, date, expected=expected, user_map=load_user_map(config, date)),
     )
 
 

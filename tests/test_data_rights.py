@@ -43,7 +43,7 @@ from personalization.data_rights import (
     export_user,
     verify_deleted,
 )
-from personalization.data_rights.ids import REDACTED, IdMatcher
+from personalization.data_rights.ids import IdMatcher
 from personalization.security import InvalidIdentifierError
 from tests.services import require_postgres, temporary_postgres_database
 
@@ -74,15 +74,14 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 
 def _owned(line: bytes, ids: set[str]) -> bool:
-    """The deletion rule, written out independently: parsed user_id, else the raw text's tokens."""
+    """The deletion rule, written out independently: the parsed user_id, else a "user_id": "<id>" key in the bytes."""
     try:
         record = json.loads(line)
     except ValueError:
         record = None
-    if isinstance(record, dict) and isinstance(record.get("user_id"), str) and record["user_id"]:
+    if isinstance(record, dict) and isinstance(record.get("user_id"), str):
         return record["user_id"] in ids
-    text = line.decode("utf-8", errors="replace")
-    return any(re.search(rf"(?<![A-Za-z0-9_-]){re.escape(i)}(?![A-Za-z0-9_-])", text) for i in ids)
+    return any(re.search(rb'"user_id"\s*:\s*"' + re.escape(i.encode()) + rb'"', line) for i in ids)
 
 
 def _raw_lines(lake: Path) -> dict[str, list[bytes]]:
@@ -306,6 +305,8 @@ def world(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     # and a parseable line of another (unknown) user whose id merely starts with D1's.
     with open(lake / "raw" / "events" / f"date={LAST}" / "part-00000.jsonl", "ab") as handle:
         handle.write(f'{{"event_id":"bad-1","user_id":"{users["D1"]}","ts":\n'.encode())
+        handle.write(b'\xff\xfe {"user_id":"' + users["D1"].encode() + b'"} garbage\n')
+        # A line of nobody that holds D1 as a bare word: no user-id field names D1, so it stays.
         handle.write(b"\xff\xfe " + users["D1"].encode() + b" garbage\n")
         handle.write(f'{{"event_id":"bad-2","user_id":"{users["D1"]}x","event_type":"app_open"}}\n'.encode())
     _write_lake_tables(spark, lake, users)
@@ -327,7 +328,12 @@ def test_id_matcher_matches_whole_tokens_only() -> None:
     matcher = IdMatcher(["u1", "ab_c"])
     assert matcher.find_text('{"user_id":"u1"} u10 xu1 u1_ u1-2 (u1) ab_c ab_cd') == {"u1", "ab_c"}
     assert matcher.find_text("u10 xu1 ab_cd") == set()
-    assert matcher.redact_text("u1,u10,u1")[0] == f"{REDACTED},u10,{REDACTED}"
+    # Ownership is by the user-id field only: a mention elsewhere owns nothing.
+    assert matcher.record_owners(b'{"user_id":"u1","app_id":"ab_c"}') == {"u1"}
+    assert matcher.record_owners(b'{"user_id":"u10","query":"u1"}') == set()
+    assert matcher.record_owners(b'{"app_id":"u1"}') == set()
+    assert matcher.record_owners(b'\xff{"user_id" : "ab_c", "ts":') == {"ab_c"}
+    assert matcher.record_owners(b"\xff u1 garbage") == set()
     # numpy "<U" arrays pickle their text as UTF-32: still found.
     assert matcher.find_binary(pickle.dumps(np.array(["u10", "ab_c"]))) == {"ab_c"}
 
@@ -371,7 +377,7 @@ def test_export_holds_every_section_and_no_other_user(world: Any) -> None:
     text = path.read_text()
     document = json.loads(text)
     assert document == result["document"]
-    assert document["format_version"] == 1
+    assert document["format_version"] == 2
     assert set(document["sections"]) == set(document) - {"format_version", "generated_at", "user_id", "sections"}
     signup = next(json.loads(line) for lines in _raw_lines(lake).values() for line in lines
                   if line.startswith(b'{"user_id"') and json.loads(line)["user_id"] == opted)
@@ -418,7 +424,16 @@ def test_export_holds_every_section_and_no_other_user(world: Any) -> None:
     assert document["suggested_queries"] == [{"user_id": opted, "rank": 1, "query": "chess"}]
     assert document["privacy_requests"] == []
     assert set(re.findall(r"u\d{7}", text)) == {opted}
-    assert result["counts"] == {"account": 1, "profile": 1, "segment": 1, "events": 1, "insights": 1,
+    raw_lines = {name: [line for line in lines if _owned(line, {opted})] for name, lines in _raw_lines(lake).items()}
+    # The right of access covers the raw lines as received, IP addresses included.
+    assert [entry["record"] for entry in document["raw_events"]] == [
+        json.loads(line) for name, lines in raw_lines.items() if name.startswith("raw/events/") for line in lines]
+    assert document["raw_events"] and all("ip" in entry["record"] for entry in document["raw_events"])
+    assert "never stored" not in document["sections"]["events"]
+    assert [entry["record"] for entry in document["account_records"]] == [signup]
+    assert document["quarantine"] == []
+    assert result["counts"] == {"account": 1, "account_records": 1, "profile": 1, "segment": 1, "events": 1,
+                                "raw_events": len(document["raw_events"]), "quarantine": 0, "insights": 1,
                                 "recommendations": 3, "recommended_categories": 0, "search_personalization": 0,
                                 "suggested_queries": 1, "privacy_requests": 0,
                                 "consent_changes": len(expected_changes)}
@@ -447,11 +462,14 @@ def test_delete_three_users_everywhere_and_verify_finds_nothing(world: Any, spar
     redis_keys = 2 if world["redis"] is not None else 0  # one key per kept version
     assert result["by_user"] == {
         u["D1"]: {"raw": owned_raw[u["D1"]], "silver": 4, "quarantine": 1, "gold": 3,
-                  "lake_other": sim_rows[u["D1"]], "serving_db": 12, "redis": redis_keys, "mlflow": 3},
+                  "lake_other": sim_rows[u["D1"]], "serving_db": 12, "redis": redis_keys, "mlflow": 3,
+                  "run_records": 0},
         u["D2"]: {"raw": owned_raw[u["D2"]], "silver": 2, "quarantine": 0, "gold": 2,
-                  "lake_other": sim_rows[u["D2"]] + exported, "serving_db": 10, "redis": redis_keys, "mlflow": 2},
+                  "lake_other": sim_rows[u["D2"]] + exported, "serving_db": 10, "redis": redis_keys, "mlflow": 2,
+                  "run_records": 0},
         u["D3"]: {"raw": owned_raw[u["D3"]], "silver": 2, "quarantine": 0, "gold": 2,
-                  "lake_other": sim_rows[u["D3"]], "serving_db": 8, "redis": redis_keys, "mlflow": 1},
+                  "lake_other": sim_rows[u["D3"]], "serving_db": 8, "redis": redis_keys, "mlflow": 1,
+                  "run_records": 0},
     }
     assert owned_raw[u["D1"]] >= 3 and owned_raw[u["D3"]] >= 1  # D1 includes the two defective lines
     assert result["counts"] == {store: sum(result["by_user"][user][store] for user in deleted) for store in STORES}
@@ -555,8 +573,11 @@ def test_serving_deletion_on_postgresql(tmp_path: Path) -> None:
         tables = _serving_sources(tmp_path, users)
         for _ in range(2):
             publish(config, LAST, tables, "1", expected={"denylist": []})
-        result = delete_users(config, ["u1", "u2", "u3"], "dpo")
+        with pytest.raises(ValueError, match="3 of 3 ids are not known users"):
+            delete_users(config, ["u1", "u2", "u3"], "dpo")  # no lake here: no account records
+        result = delete_users(config, ["u1", "u2", "u3"], "dpo", allow_unknown=True)
         assert result["counts"] == {**{store: 0 for store in STORES}, "serving_db": 30}
+        assert result["unknown"] == ["u1", "u2", "u3"]
         after = verify_deleted(config, ["u1", "u2", "u3"])
         assert (after["clean"], after["retained"]["audit_log"]) == (True, 3)
         assert verify_deleted(config, ["u10"])["hits"]["serving_db"] == 12
@@ -581,6 +602,8 @@ def test_deletion_export_and_retention_on_an_s3_lake(tmp_path: Path) -> None:
             lines = b'{"user_id":"u1","event_type":"app_open"}\n{"user_id":"u10","event_type":"app_open"}\n'
             for day in ("2026-10-01", LAST):
                 storage.write_bytes(f"s3://lake/pe/raw/events/date={day}/part-00000.jsonl", lines)
+            account = b'{"user_id":"u1","signup_date":"2026-10-01"}\n'
+            storage.write_bytes("s3://lake/pe/raw/users/date=2026-10-01/users.jsonl", account)
             sink = pa.BufferOutputStream()
             pq.write_table(pa.table({"user_id": ["u1", "u10"], "n": [1, 2]}), sink)
             profile = f"s3://lake/pe/gold/profiles/date={LAST}/part-00000.parquet"
@@ -591,7 +614,7 @@ def test_deletion_export_and_retention_on_an_s3_lake(tmp_path: Path) -> None:
             assert json.loads(storage.read_bytes(export["path"]))["profile"] == {"user_id": "u1", "n": 1, "date": LAST}
 
             result = delete_users(config, ["u1"], "dpo")
-            assert result["by_user"]["u1"] == {**{store: 0 for store in STORES}, "raw": 2, "gold": 1, "lake_other": 1}
+            assert result["by_user"]["u1"] == {**{store: 0 for store in STORES}, "raw": 3, "gold": 1, "lake_other": 1}
             for day in ("2026-10-01", LAST):
                 assert storage.read_bytes(f"s3://lake/pe/raw/events/date={day}/part-00000.jsonl") == (
                     b'{"user_id":"u10","event_type":"app_open"}\n')

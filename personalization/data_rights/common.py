@@ -11,8 +11,9 @@ from personalization.config import Config
 from personalization.data_rights import files
 from personalization.serving.publish import record_audit
 
-#: Store names used in every result, in the order they are reported.
-STORES = ("raw", "silver", "quarantine", "gold", "lake_other", "serving_db", "redis", "mlflow")
+#: Store names used in every result, in the order they are reported. ``run_records`` (run records
+#: and logs under ``var/``) is searched by verification only: nothing there may hold a personal id.
+STORES = ("raw", "silver", "quarantine", "gold", "lake_other", "serving_db", "redis", "mlflow", "run_records")
 
 _PARTITION = re.compile(r"^(?P<column>[A-Za-z_]+)=(?P<value>\d{4}-\d{2}-\d{2})$")
 

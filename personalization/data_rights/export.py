@@ -1,4 +1,12 @@
-"""Subject access and portability: one JSON document per user (``reports/exports/<user_id>.json``)."""
+"""Subject access and portability: one JSON document per user (``reports/exports/<user_id>.json``).
+
+The document holds every personal datum the product keeps about the user: the
+account records and the raw event lines as received (``ip`` included, kept in
+``raw/`` for ``privacy.raw_retention_days``), the quarantined lines attributed to
+the user (by the user-id field, as deletion does), the validated events, profile,
+segment, consent, and the live serving rows. An id that is not a known user is
+refused unless ``allow_unknown``.
+"""
 
 from __future__ import annotations
 
@@ -15,21 +23,31 @@ import pyarrow.parquet as pq
 from personalization import storage
 from personalization.config import Config
 from personalization.data_rights import files, lake_store, serving_store
-from personalization.data_rights.aliases import resolve_aliases
+from personalization.data_rights.aliases import refuse_unknown, resolve_aliases
 from personalization.data_rights.common import audit, partitions, utc_now
 from personalization.data_rights.ids import IdMatcher, validate_actor
 from personalization.lake import Lake
 from personalization.security import validate_user_id
 
 #: Version of the export document's layout (bump on any incompatible change).
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
 
 #: The document's sections and what each holds (written into every export).
 EXPORT_SECTIONS = {
     "account": "The sign-up record as received (raw/users): demographics, location, device, consent at sign-up.",
+    "account_records": "Every account record received for the user (raw/users: the sign-up and any later "
+                       "correction), as received, with its file and line number.",
     "profile": "The behavioural profile computed for the latest date (gold/profiles), one record or null.",
     "segment": "The user's segment on the latest date (gold/segments): id and name, or null.",
-    "events": "Every validated event of the user (silver/events), oldest first; IP addresses are never stored.",
+    "events": "Every validated event of the user (silver/events), oldest first. Validated events hold no IP "
+              "address: ingestion drops it.",
+    "raw_events": "Every raw event line of the user as received (raw/events), with its file and line number, "
+                  "including the IP address (field ip) sent with it; raw lines are kept for "
+                  "privacy.raw_retention_days days (400 by default). A line that is not valid JSON is shown as "
+                  "text (line) and, when it is not valid UTF-8, as its exact bytes (line_base64).",
+    "quarantine": "Lines of the user that validation set aside (silver/quarantine): landing date, reason, event "
+                  "id and the line as received (line; line_base64 when it is not valid UTF-8). A line is the "
+                  "user's when its user_id field names the user.",
     "consent": "Consent at sign-up, every consent_change event received (raw/events), and the current flags "
                "(latest silver/users snapshot).",
     "insights": "The live serving insights (user_insights): engagement, churn risk, lifetime value, interests, "
@@ -95,27 +113,11 @@ def _user_rows(table_prefix: str, user_id: str, selected: list[tuple[str, str, s
     return rows
 
 
-def _raw_records(prefix: str, matcher: IdMatcher, user_id: str) -> list[dict[str, Any]]:
-    """Raw JSON-lines records whose parsed user_id is ``user_id`` (lines pre-filtered by token)."""
-    records = []
-    for uri in files.list_files(prefix):
-        if not uri.endswith(".jsonl"):
-            continue
-        with files.local_copy(uri) as path, open(path, "rb") as handle:
-            for line in handle:
-                if not matcher.find_bytes(line):
-                    continue
-                try:
-                    record = json.loads(line)
-                except (ValueError, RecursionError):
-                    continue
-                if isinstance(record, dict) and record.get("user_id") == user_id:
-                    records.append(record)
-    return records
-
-
-def export_user(config: Config, user_id: str, requested_by: str) -> dict[str, Any]:
+def export_user(config: Config, user_id: str, requested_by: str, *, allow_unknown: bool = False) -> dict[str, Any]:
     """Write the user's data as one JSON document to ``reports/exports/<user_id>.json`` and audit it.
+
+    Raises :class:`personalization.data_rights.aliases.UnknownUserError` (before anything
+    is written) when ``user_id`` is not a known user, unless ``allow_unknown``.
 
     The document holds ``format_version``, ``generated_at``, ``user_id``,
     ``sections`` (what each section means) and one key per section; nothing about
@@ -124,6 +126,8 @@ def export_user(config: Config, user_id: str, requested_by: str) -> dict[str, An
     user_id = validate_user_id(user_id)
     actor = validate_actor(requested_by)
     matcher = IdMatcher([user_id], resolve_aliases(config, [user_id]))
+    if not allow_unknown:
+        refuse_unknown(config, [user_id], matcher, "export")
     lake_ids = matcher.ids  # silver and gold know the user by the pseudonym
     lake = Lake(config)
 
@@ -137,11 +141,14 @@ def export_user(config: Config, user_id: str, requested_by: str) -> dict[str, An
     users_table = lake.silver("users")
     current = _user_rows(users_table, user_id, partitions(users_table)[-1:], lake_ids)
 
-    signups = _raw_records(lake.raw_users(), matcher, user_id)
+    account_records = lake_store.owned_raw_lines(config, lake.raw_users(), matcher)
+    signups = [entry["record"] for entry in account_records if "record" in entry]
+    raw_events = lake_store.owned_raw_lines(config, lake.raw_events(), matcher)
+    quarantined = lake_store.owned_quarantine_rows(config, matcher)
     consent_fields = ("consent_behavioral", "consent_location", "consent_demographics", "consent_third_party")
     consent_events = sorted(
         ({key: record.get(key) for key in ("event_id", "ts", "consent_type", "consent_value")}
-         for record in _raw_records(lake.raw_events(), matcher, user_id)
+         for record in (entry["record"] for entry in raw_events if "record" in entry)
          if record.get("event_type") == "consent_change"),
         key=lambda row: (str(row["ts"]), str(row["event_id"])))
     # The same event may land twice (at-least-once delivery upstream): keep its first copy.
@@ -161,10 +168,13 @@ def export_user(config: Config, user_id: str, requested_by: str) -> dict[str, An
         "user_id": user_id,
         "sections": EXPORT_SECTIONS,
         "account": _jsonable(signups[0]) if signups else None,
+        "account_records": _jsonable(account_records),
         "profile": ({**profile_rows[0]} if profile_rows else None),
         "segment": ({k: segment_rows[0].get(k) for k in ("segment_id", "segment_name", "date")}
                     if segment_rows else None),
         "events": events,
+        "raw_events": _jsonable(raw_events),
+        "quarantine": _jsonable(quarantined),
         "consent": {
             "at_signup": ({key: signups[0].get(key) for key in ("signup_date", *consent_fields)}
                           if signups else None),

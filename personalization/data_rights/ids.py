@@ -1,10 +1,21 @@
 """Request validation and exact-id matching shared by every store.
 
-Ids are matched as whole *tokens*: an occurrence counts only when the characters
-on both sides are not id characters (``[A-Za-z0-9_-]``), so deleting ``u1`` never
-touches ``u10`` and the hostile-id rules of :mod:`personalization.security` make
-every id a plain literal in regular expressions, SQL ``LIKE`` patterns and Redis
-``SCAN`` globs.
+Two kinds of match, for two jobs:
+
+- *Ownership* (what deletion removes and export shows): a record belongs to a user
+  only through its ``user_id`` field (:meth:`IdMatcher.record_owners`): a JSON line
+  whose top-level ``user_id`` string is the id, or, for a line that does not parse
+  into such an object (truncated, invalid UTF-8, not an object), an occurrence of
+  the id as the value of a ``"user_id": "<id>"`` key in its raw bytes. An id that
+  merely occurs somewhere else (an app id, an event type, a suite, a page) owns
+  nothing.
+- *Search* (what verification reports): whole *tokens*, an occurrence whose
+  neighbours on both sides are not id characters (``[A-Za-z0-9_-]``), so ``u1``
+  never matches inside ``u10``. A search hit is a trace to look at, never a reason
+  to rewrite a record.
+
+The hostile-id rules of :mod:`personalization.security` make every id a plain
+literal in regular expressions, SQL ``LIKE`` patterns and Redis ``SCAN`` globs.
 
 A matcher may carry *aliases*: other tokens that identify the same person (the
 keyed pseudonym the lake and the models use for an app user id). Every token is
@@ -13,6 +24,7 @@ searched, and every hit is reported under its owner, the id the request named.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -28,11 +40,13 @@ ID_CHARS = "A-Za-z0-9_-"
 _ALTERNATION_LIMIT = 64
 #: Longest accepted ``requested_by`` value (characters).
 MAX_ACTOR_CHARS = 128
-#: What redaction writes in place of a deleted id inside text artifacts and reports.
+#: What replaces a deleted id in the ``user_id`` fields of JSON model artifacts (input examples).
 REDACTED = "deleted-user"
 
 _TOKEN = re.compile(rf"[{ID_CHARS}]+")
 _TOKEN_BYTES = re.compile(rf"[{ID_CHARS}]+".encode())
+#: ``"user_id": "<id>"`` in raw bytes: how an unparseable line names its user (JSON allows blanks around ':').
+USER_FIELD_BYTES = re.compile(rb'"user_id"[ \t\r\n]*:[ \t\r\n]*"([' + ID_CHARS.encode() + rb']{1,64})"')
 
 
 def validate_request_ids(user_ids: Any) -> list[str]:
@@ -138,11 +152,23 @@ class IdMatcher:
         found |= self.owners(match.decode("utf-32-le") for match in self._utf32.findall(data))
         return found
 
-    def redact_text(self, text: str, replacement: str = REDACTED) -> tuple[str, set[str]]:
-        """``text`` with every searched token replaced, and the owners whose tokens were replaced."""
-        tokens = self.tokens_in_text(text)
-        if not tokens:
-            return text, set()
-        if len(self.ids) > _ALTERNATION_LIMIT:
-            return _TOKEN.sub(lambda m: replacement if m.group(0) in tokens else m.group(0), text), self.owners(tokens)
-        return self._text.sub(replacement, text), self.owners(tokens)
+    def find_user_field(self, data: bytes) -> set[str]:
+        """Owners of the ids that occur as the value of a ``"user_id": "<id>"`` key in ``data``."""
+        return self.owners(match.decode() for match in USER_FIELD_BYTES.findall(data))
+
+    def record_owners(self, line: bytes) -> set[str]:
+        """The requested ids one raw JSON line belongs to, by its ``user_id`` field only.
+
+        A line that parses into an object with a string ``user_id`` belongs to that id
+        (nothing else in the line counts); any other line (malformed, truncated, invalid
+        UTF-8, an array, an object without a string ``user_id``) belongs to the ids written
+        as ``"user_id": "<id>"`` in its bytes. JSON escapes inside such a broken line are
+        not decoded: ``"user_id":"\\u0075\\u0031"`` attributes it to nobody.
+        """
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return self.find_user_field(line)
+        if isinstance(record, dict) and isinstance(record.get("user_id"), str):
+            return self.owners([record["user_id"]])
+        return self.find_user_field(line)

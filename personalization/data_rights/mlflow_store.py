@@ -9,7 +9,11 @@ Deletion therefore walks the artifact files themselves:
   ``drop_users`` is called and it is re-pickled in place (atomic replace). A model
   that keeps the default ``drop_users`` has no per-user parameters by contract, so
   its ``user_ids`` list is filtered directly;
-- text artifacts (input examples, CSV/JSON reports, MLmodel) have the ids redacted;
+- JSON artifacts (the input examples MLflow saves) have the requested ids replaced
+  where they are the value of a ``user_id`` field (a ``user_id`` key, or the
+  ``user_id`` column of a split-oriented frame: ``{"columns": [...], "data": [...]}``).
+  Nothing is replaced by text matching: an app id, an event type or any other value
+  that happens to equal a requested id stays as it is, and no other file is rewritten;
 - the Lightning checkpoints (``checkpoint/*.ckpt``) of runs whose model held a
   deleted user are deleted: they hold the same per-user rows, addressed by
   position, and nothing reads them back (warm starts load the pickles);
@@ -23,6 +27,7 @@ read, the same trust ``mlflow.pyfunc.load_model`` already places in it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import pickle
@@ -33,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs import columns as C
 from personalization import storage
 from personalization.config import Config
 from personalization.data_rights import files
@@ -41,9 +47,8 @@ from personalization.data_rights.lake_store import scan_bytes
 
 log = logging.getLogger(__name__)
 
-#: Artifact files whose ids are redacted in place (the input examples MLflow saves, reports).
-TEXT_ARTIFACTS = (".json", ".jsonl", ".yaml", ".yml", ".txt", ".csv", ".md", ".html")
-TEXT_ARTIFACT_NAMES = ("MLmodel",)
+#: Artifact files whose ``user_id`` fields are rewritten in place (the input examples MLflow saves).
+JSON_ARTIFACTS = (".json",)
 CHECKPOINT_SUFFIX = ".ckpt"
 _RUN_DIR = re.compile(r"/([0-9a-f]{32})/artifacts(?:/|$)")
 _PAGE = 1000
@@ -202,13 +207,60 @@ def _drop(recommender: Any, ids: frozenset[str]) -> tuple[int, set[str]]:
     return removed, held
 
 
-def _is_text_artifact(uri: str) -> bool:
-    name = files.name_of(uri)
-    return name in TEXT_ARTIFACT_NAMES or name.lower().endswith(TEXT_ARTIFACTS)
+def _redact_user_fields(document: Any, matcher: IdMatcher) -> tuple[Any, set[str]]:
+    """``document`` (parsed JSON) with requested ids replaced where they are ``user_id`` values; and their owners."""
+    found: set[str] = set()
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, str) and value in matcher.ids:
+            found.add(matcher.owner_of[value])
+            return REDACTED
+        if isinstance(value, list):
+            return [swap(item) for item in value]
+        if isinstance(value, dict):  # pandas "columns" orientation: {"user_id": {"0": id, ...}}
+            return {key: swap(item) for key, item in value.items()}
+        return value
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        columns = node.get("columns")
+        position = columns.index(C.USER_ID) if isinstance(columns, list) and C.USER_ID in columns else None
+        out = {}
+        for key, item in node.items():
+            if key == C.USER_ID:
+                out[key] = swap(item)
+            elif key == "data" and position is not None and isinstance(item, list):
+                out[key] = [[swap(cell) if index == position else cell for index, cell in enumerate(row)]
+                            if isinstance(row, list) else walk(row) for row in item]
+            else:
+                out[key] = walk(item)
+        return out
+
+    return walk(document), found
 
 
-def purge_models(config: Config, matcher: IdMatcher) -> dict[str, Any]:
-    """Purge the ids from every artifact under the MLflow artifact stores (see the module docstring)."""
+def _purge_json_artifact(uri: str, path: str, matcher: IdMatcher, dry_run: bool) -> set[str]:
+    """Rewrite a JSON artifact's ``user_id`` values (not its other text); returns the owners found."""
+    try:
+        with open(path, "rb") as handle:
+            document = json.loads(handle.read())
+    except (ValueError, RecursionError):
+        return set()  # not JSON: attributed by nobody, reported by the search if an id occurs in it
+    redacted, found = _redact_user_fields(document, matcher)
+    if found and not dry_run:
+        with files.replacement(uri) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(redacted, handle)
+    return found
+
+
+def purge_models(config: Config, matcher: IdMatcher, *, dry_run: bool = False) -> dict[str, Any]:
+    """Purge the ids from every artifact under the MLflow artifact stores (see the module docstring).
+
+    With ``dry_run`` nothing is written or deleted; the result lists what would be.
+    """
     catalogue = _Catalogue(config)
     by_user: Counter = Counter()
     purged: list[dict[str, Any]] = []
@@ -222,36 +274,34 @@ def purge_models(config: Config, matcher: IdMatcher) -> dict[str, Any]:
             if recommender is not None:
                 removed, held = _drop(recommender, matcher.ids)
                 if held:
-                    with files.replacement(uri) as tmp, open(tmp, "wb") as handle:
-                        pickle.dump(recommender, handle, protocol=pickle.HIGHEST_PROTOCOL)
+                    if not dry_run:
+                        with files.replacement(uri) as tmp, open(tmp, "wb") as handle:
+                            pickle.dump(recommender, handle, protocol=pickle.HIGHEST_PROTOCOL)
                     by_user.update(matcher.owners(held))  # the model may know the user by the pseudonym
                     purged.append({"artifact": uri, "model": getattr(recommender, "name", type(recommender).__name__),
                                    "rows_removed": removed, **catalogue.owner(uri)})
-                with files.local_copy(uri) as current:
-                    if scan_bytes(current, matcher):
-                        needs_retraining.append(uri)
+                if not dry_run:
+                    with files.local_copy(uri) as current:
+                        if scan_bytes(current, matcher):
+                            needs_retraining.append(uri)
                 continue
-            found = scan_bytes(path, matcher)
-            if not found:
-                continue
-            if _is_text_artifact(uri):
-                with open(path, "rb") as handle:
-                    text = handle.read().decode("utf-8", errors="surrogateescape")
-                new_text, _ = matcher.redact_text(text, REDACTED)
-                with files.replacement(uri) as tmp, open(tmp, "wb") as handle:
-                    handle.write(new_text.encode("utf-8", errors="surrogateescape"))
-                by_user.update(found)
-                redacted.append(uri)
-            else:
-                binary_hits.append(uri)
-    checkpoints = _delete_checkpoints(catalogue, {item["run_id"] for item in purged if item["run_id"]})
+            if name.lower().endswith(JSON_ARTIFACTS):
+                found = _purge_json_artifact(uri, path, matcher, dry_run)
+                if found:
+                    by_user.update(found)
+                    redacted.append(uri)
+                    continue
+            if scan_bytes(path, matcher):
+                binary_hits.append(uri)  # an id token that no field attributes: reported, never rewritten
+    runs = {item["run_id"] for item in purged if item["run_id"]}
+    checkpoints = _delete_checkpoints(catalogue, runs, dry_run)
     needs_retraining += [uri for uri in binary_hits if uri not in checkpoints]
     return {
         "artifacts": len(purged) + len(redacted),
         "by_user": dict(sorted(by_user.items())),
         "purged_models": purged,
         "model_versions": sorted({v for item in purged for v in item["model_versions"]}),
-        "runs": sorted({item["run_id"] for item in purged if item["run_id"]}),
+        "runs": sorted(runs),
         "redacted": redacted,
         "checkpoints_deleted": checkpoints,
         "needs_retraining": needs_retraining,
@@ -259,8 +309,8 @@ def purge_models(config: Config, matcher: IdMatcher) -> dict[str, Any]:
     }
 
 
-def _delete_checkpoints(catalogue: _Catalogue, run_ids: set[str]) -> list[str]:
-    """Delete ``checkpoint/*.ckpt`` run artifacts of the affected runs; returns what was deleted."""
+def _delete_checkpoints(catalogue: _Catalogue, run_ids: set[str], dry_run: bool = False) -> list[str]:
+    """Delete ``checkpoint/*.ckpt`` run artifacts of the affected runs; returns what was (or would be) deleted."""
     deleted: list[str] = []
     if catalogue.client is None:
         return deleted
@@ -268,7 +318,8 @@ def _delete_checkpoints(catalogue: _Catalogue, run_ids: set[str]) -> list[str]:
         folder = _norm(catalogue.client.get_run(run_id).info.artifact_uri) + "/checkpoint"
         for uri in files.list_files(folder):
             if uri.endswith(CHECKPOINT_SUFFIX):
-                files.delete_file(uri)
+                if not dry_run:
+                    files.delete_file(uri)
                 deleted.append(uri)
     return deleted
 

@@ -24,8 +24,9 @@ def _client(config: Config) -> Any:
     return redis.Redis.from_url(config.serving.redis_url, socket_connect_timeout=5)
 
 
-def purge_redis(config: Config, user_ids: list[str], prefix: str = REDIS_PREFIX) -> dict[str, Any]:
-    """Delete every ``<prefix>:v*:user:<id>`` key; ``{"skipped": why}`` when no Redis is configured."""
+def purge_redis(config: Config, user_ids: list[str], prefix: str = REDIS_PREFIX, *,
+                dry_run: bool = False) -> dict[str, Any]:
+    """Delete every ``<prefix>:v*:user:<id>`` key (``dry_run``: count them); ``{"skipped": why}`` without Redis."""
     if not config.serving.redis_url:
         return {"skipped": "serving.redis_url is not set", "keys": 0, "by_user": {}}
     client = _client(config)
@@ -34,7 +35,7 @@ def purge_redis(config: Config, user_ids: list[str], prefix: str = REDIS_PREFIX)
         for user_id in user_ids:
             keys = list(client.scan_iter(match=f"{prefix}:v*:user:{user_id}", count=SCAN_COUNT))
             if keys:
-                by_user[user_id] += int(client.delete(*keys))
+                by_user[user_id] += len(keys) if dry_run else int(client.delete(*keys))
     finally:
         client.close()
     return {"keys": int(sum(by_user.values())), "by_user": dict(sorted(by_user.items()))}

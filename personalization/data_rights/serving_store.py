@@ -75,10 +75,11 @@ def _bump_row_counts(connection: Connection, name: str, version: int, removed: i
                            {"counts": json.dumps(counts, sort_keys=True), "version": version})
 
 
-def purge_serving(config: Config, user_ids: list[str]) -> dict[str, Any]:
+def purge_serving(config: Config, user_ids: list[str], *, dry_run: bool = False) -> dict[str, Any]:
     """Delete the users' rows from every kept version, one transaction per physical table.
 
     Returns ``{"rows", "by_user", "tables": {physical table: rows}}`` or ``{"skipped": why}``.
+    With ``dry_run`` the rows are counted in read-only transactions and nothing changes.
     """
     engine = open_engine(config)
     if engine is None:
@@ -89,6 +90,9 @@ def purge_serving(config: Config, user_ids: list[str]) -> dict[str, Any]:
     try:
         for name, version in _versioned_user_tables(engine):
             table = physical_name(name, version)  # rebuilt from the allow-list, never the raw discovered string
+            if dry_run:
+                tables[table] = _count_rows(engine, table, user_ids, by_user)
+                continue
             with write_transaction(engine) as connection:
                 if sqlite:
                     # Overwrite freed pages with zeros, so deleted rows do not linger in the file.
@@ -108,13 +112,27 @@ def purge_serving(config: Config, user_ids: list[str]) -> dict[str, Any]:
                 if removed:
                     _bump_row_counts(connection, name, version, removed)
             tables[table] = removed
-        if sqlite:
+        if sqlite and not dry_run:
             # Fold the WAL (which still holds pre-delete page images) into the file and truncate it.
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
                 connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         engine.dispose()
     return {"rows": int(sum(by_user.values())), "by_user": dict(sorted(by_user.items())), "tables": tables}
+
+
+def _count_rows(engine: Engine, table: str, user_ids: list[str], by_user: Counter) -> int:
+    """Rows of ``table`` (an allow-listed physical name) held by the users, added to ``by_user``."""
+    found = 0
+    with engine.connect() as connection:
+        for chunk in _chunks(user_ids):
+            rows = connection.execute(
+                sa.text(f"SELECT user_id, COUNT(*) AS n FROM {table} WHERE user_id IN :ids GROUP BY user_id")
+                .bindparams(sa.bindparam("ids", expanding=True)), {"ids": chunk}).all()
+            for row in rows:
+                by_user[row.user_id] += int(row.n)
+                found += int(row.n)
+    return found
 
 
 def _like_pattern(user_id: str) -> str:
