@@ -48,8 +48,8 @@ benchmark: $(STAMP) ## Run the benchmarks; JSON and Markdown under results/
 benchmark-pipeline: $(STAMP) ## Nightly stages per scale, growth exponents, component ratios (SCALES="tiny small medium")
 	$(BIN)/python benchmarks/bench_pipeline.py --scales $(or $(SCALES),tiny small)
 
-airflow-standalone: $(STAMP) ## Start Airflow (api-server, scheduler, ...) with this project's AIRFLOW_HOME
-	eval "$$($(BIN)/pe airflow-env)" && $(BIN)/airflow standalone
+airflow-standalone: $(STAMP) ## Start Airflow (UI, scheduler, ...) on var/airflow; creates its DB and the Spark pool first
+	eval "$$($(BIN)/pe airflow-env)" && $(BIN)/pe airflow-setup && exec airflow standalone
 
 jobs-zip: $(STAMP) ## Package jobs/ and personalization/ for spark-submit --py-files (dist/personalization-jobs.zip)
 	$(BIN)/python scripts/build_jobs_zip.py dist/personalization-jobs.zip

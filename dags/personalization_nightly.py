@@ -26,7 +26,11 @@ Tasks pass paths and run ids only. Configuration comes from `PE_CONFIG` / `PE_*`
 **check_params**, the first task, which fails the run before any Spark job on a bad value):
 `date` (YYYY-MM-DD, default the logical date), `scale` (the synthetic world the lake must hold),
 `models` (list of models to train), `skip_training` (score with the current champion),
-`dry_run` (everything up to scoring, nothing published).
+`dry_run` (everything up to scoring, nothing published). A date whose landing partition
+`raw/events/date=D` does not exist fails check_params once (no retry) with the landed dates.
+
+**Fresh lake**: validate_raw_events first validates every earlier landing date that has no
+validation report yet (oldest first), as `pe run` does, so the first run has its history.
 
 **Spark**: with `spark.submit_conn_id` set, the five Spark tasks are `SparkSubmitOperator`s that
 submit `jobs/<stage>.py --date D` with the packaged code (`make jobs-zip`,
@@ -127,7 +131,11 @@ def _in_process_task(stage: str, outlets: list, pool: str):
     def run_stage(**context) -> dict:
         from personalization import pipeline
 
-        return getattr(pipeline, stage)(*_config_and_date(context))
+        config, date = _config_and_date(context)
+        if stage == "validate_raw_events":
+            # A fresh lake has days of landed data; without them the window and the training split are empty.
+            pipeline.ingest_pending_landing_dates(config, date)
+        return getattr(pipeline, stage)(config, date)
 
     run_stage.__doc__ = f"Run pipeline.{stage} for the run's date."
     return task(task_id=stage, outlets=outlets, pool=pool)(run_stage)()
@@ -158,6 +166,7 @@ def personalization_nightly():
     @task(retries=0)  # a bad parameter does not get better with retries
     def check_params(**context) -> dict:
         """Validate the trigger params (and the world's scale); return the resolved options."""
+        from personalization.airflow_runner import require_landing_data
         from personalization.run_params import check_world_scale
 
         options = _options(context)
@@ -166,6 +175,9 @@ def personalization_nightly():
 
             summary = read_world_summary(options.apply(load_config()))
             check_world_scale(options, summary.scale if summary else None)
+        # A day whose data has not landed (the scheduled run for today on a synthetic world) fails
+        # here, once, with the landed dates in the message: retries cannot make the data land.
+        require_landing_data(options.apply(load_config()), options.date)
         return options.to_dict()
 
     spark_tasks = [
@@ -176,11 +188,17 @@ def personalization_nightly():
 
     @task
     def train_models(**context) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from models.train import NoTrainingPairs
         from personalization import pipeline
 
         if _options(context).skip_training:
             return {"stage": "train_models", "skipped": True}
-        return pipeline.train_models(*_config_and_date(context))
+        try:
+            return pipeline.train_models(*_config_and_date(context))
+        except NoTrainingPairs as error:
+            raise AirflowFailException(str(error)) from error  # the same data on every retry
 
     @task(outlets=[MODEL_CHAMPION])
     def evaluate_and_promote(train_result: dict, **context) -> dict:

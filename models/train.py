@@ -172,6 +172,24 @@ def _fit_and_log(
         return run.info.run_id, model_uri, metrics, fit
 
 
+class NoTrainingPairs(ValueError):
+    """The training split is empty: no model can be fitted (retrying cannot help)."""
+
+
+def require_training_pairs(data: InteractionData, date: str, validation_days: int) -> None:
+    """Raise :class:`NoTrainingPairs` when ``data`` has no positive training pair, naming what is missing."""
+    sizes = data.summary()
+    if sizes["n_train"] > 0:
+        return
+    raise NoTrainingPairs(
+        f"no training pairs for {date}: gold/interactions of {date} holds {sizes['n_validation']} validation "
+        f"pairs and 0 training pairs ({sizes['n_users']} users, {sizes['n_apps']} apps). Training pairs come "
+        f"from validated events before the last {validation_days} validation day(s), so silver/events needs "
+        f"the earlier landing dates: validate them first (the nightly DAG's validate_raw_events and `pe run` "
+        f"ingest every earlier landing date without a validation report), then rebuild the features."
+    )
+
+
 def train(
     config: Config,
     date: str | None = None,
@@ -197,6 +215,7 @@ def train(
     if data is None:
         data = load_training_data(config, date, recent_days=options.incremental_days)
     date = check_date(date or data.date or dt.datetime.now(dt.timezone.utc).date().isoformat())
+    require_training_pairs(data, date, config.features.validation_days)
     models = list(config.training.models)
     if not models:
         raise ValueError("training.models is empty: nothing to train")

@@ -12,6 +12,7 @@ Examples::
     pe serving-roles                    # the apps' read-only role on PostgreSQL (setup)
     pe config                           # the effective configuration
     pe airflow-env                      # exports for `airflow standalone` with this project
+    pe airflow-setup                    # metadata DB and Spark pool, before `airflow standalone`
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from typing import Any, Sequence
 
@@ -59,23 +61,14 @@ def _ensure_world(config: Config) -> None:
 def _ingest_history(config: Config, date: str) -> None:
     """Validate every earlier landing date not yet ingested, so the run's rolling window has history.
 
-    A fresh world lands two weeks of raw data at once; the nightly DAG then ingests
-    only its own date. Already-validated dates (with a run report) are skipped, so
-    this is cheap on the second ``make run``.
+    The nightly DAG's validate_raw_events task does the same
+    (:func:`personalization.pipeline.ingest_pending_landing_dates`); here it shows progress.
     """
     from tqdm import tqdm
 
     from personalization import pipeline
-    from personalization.generator import read_world_summary
-    from personalization.lake import Lake
-    from personalization.storage import exists
 
-    summary = read_world_summary(config)
-    if summary is None:
-        return
-    lake = Lake(config)
-    pending = [day for day in summary.dates
-               if day < date and not exists(f"{lake.report('validation', day)}/report.json")]
+    pending = pipeline.pending_landing_dates(config, date)
     for day in tqdm(pending, desc="ingesting earlier landing dates", unit="day", disable=not pending):
         pipeline.validate_raw_events(config, day)
 
@@ -231,7 +224,14 @@ def cmd_airflow_env(args: argparse.Namespace) -> int:
     from personalization.airflow_runner import airflow_environment
 
     for key, value in airflow_environment(_config(args)).items():
-        print(f"export {key}={value}")
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def cmd_airflow_setup(args: argparse.Namespace) -> int:
+    from personalization.airflow_runner import setup_airflow
+
+    _print_json(setup_airflow(_config(args)))
     return 0
 
 
@@ -297,7 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     retention.add_argument("--requested-by", default="retention", help="recorded in the audit log")
 
     add("config", cmd_config, "Print the effective configuration (defaults, file, environment).")
-    add("airflow-env", cmd_airflow_env, "Print the exports that point Airflow at this project.")
+    add("airflow-env", cmd_airflow_env,
+        "Print the exports that point Airflow at this project (PATH with this venv, AIRFLOW_HOME, parallelism).")
+    add("airflow-setup", cmd_airflow_setup,
+        "Create or upgrade the Airflow metadata DB and the Spark pool; run it before `airflow standalone`.")
     return parser
 
 

@@ -131,6 +131,40 @@ def validate_raw_events(config: Config, date: str) -> dict[str, Any]:
     return _timed("validate_raw_events", config, date, lambda: job.main(config, date))
 
 
+def landing_dates(config: Config) -> list[str]:
+    """Every landing date with a ``raw/events/date=D`` partition, oldest first."""
+    from personalization.storage import list_files
+
+    prefix = Lake(config).raw_events()
+    found = {segment.removeprefix("date=") for uri in list_files(prefix)
+             for segment in uri[len(prefix):].split("/") if segment.startswith("date=")}
+    return sorted(found)
+
+
+def pending_landing_dates(config: Config, date: str) -> list[str]:
+    """Landing dates before ``date`` never validated (no validation report), oldest first."""
+    from personalization.storage import exists
+
+    lake = Lake(config)
+    date = check_date(date)
+    return [day for day in landing_dates(config)
+            if day < date and not exists(f"{lake.report('validation', day)}/report.json")]
+
+
+def ingest_pending_landing_dates(config: Config, date: str) -> list[str]:
+    """Validate every earlier landing date not yet ingested, oldest first; return them.
+
+    A fresh lake lands days of raw data at once while a nightly run validates only its
+    own date, so without this its profile window and training split would hold that
+    one day. Validated dates are skipped: cheap once the lake is current.
+    """
+    pending = pending_landing_dates(config, date)
+    for day in pending:
+        log.info("ingesting earlier landing date %s before %s", day, date)
+        validate_raw_events(config, day)
+    return pending
+
+
 def recompute_late_partitions(config: Config, date: str) -> dict[str, Any]:
     """Restate earlier profiles and features that tonight's late-arriving events made stale."""
     from jobs import recompute_late_partitions as job

@@ -144,7 +144,8 @@ def build_summary(config: Config, date: str) -> str:
         f"  SQL:      sqlite3 {db_path} \"SELECT * FROM recommendations WHERE user_id='{user or 'u0000001'}' ORDER BY surface, rank\""
         if config.serving_url.startswith("sqlite") else f"  SQL:      psql '{config.serving_url}'",
         f"  MLflow:   .venv/bin/mlflow ui --backend-store-uri {config.mlflow_tracking_uri} --port 5000",
-        "  Airflow:  eval \"$(.venv/bin/pe airflow-env)\" && .venv/bin/airflow standalone   # then http://localhost:8080",
+        "  Airflow:  make airflow-standalone  (= eval \"$(.venv/bin/pe airflow-env)\" && .venv/bin/pe airflow-setup"
+        " && airflow standalone; README \"Airflow\"), then http://localhost:8080",
         f"  Lake:     {config.lake_root}  (quarantine: silver/quarantine, reports: reports/)",
         f"  Data Docs: {Path(config.lake_root) / 'reports' / 'data_docs'}",
         *([f"  KPIs and A/B report: {experiments['report_path']}  (open in a browser; "
