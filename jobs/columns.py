@@ -57,12 +57,15 @@ DEVICE_CLASS = "device_class"  # phone | tablet | desktop
 IS_LATE = "is_late"  # event_date < landing_date
 
 # quarantine
-RAW_RECORD = "raw_record"  # the original line, byte for byte
+RAW_RECORD = "raw_record"  # the line as text: exact when it is valid UTF-8, else invalid bytes as U+FFFD
+RAW_BYTES = "raw_bytes"  # binary: the line exactly as received, without its "\n" terminator
 REASON = "reason"
 
 #: Reason codes, in precedence order: a record with several defects gets the first.
 QUARANTINE_REASONS = (
+    "invalid_utf8",  # the line's bytes are not valid UTF-8 (strict decoding fails)
     "malformed_json",  # not a JSON object
+    "nul_character",  # a field value holds U+0000 (escaped \u0000): PostgreSQL text cannot store it
     "oversized_field",  # a string field longer than validation.max_field_bytes (UTF-8 bytes)
     "missing_user_id",  # null or empty user_id
     "invalid_event_type",  # event_type not in EVENT_TYPES

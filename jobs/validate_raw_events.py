@@ -2,9 +2,11 @@
 
 Pure transforms (no paths): :func:`parse_lines`, :func:`assign_reasons`,
 :func:`normalise_events`, :func:`quarantine_records`, :func:`users_snapshot`,
-:func:`apps_snapshot`. :func:`main` reads ``raw/events/date=D`` as text, writes
+:func:`apps_snapshot`. :func:`main` reads ``raw/events/date=D`` as bytes split on
+``\\n`` only (:func:`read_raw_lines`), writes
 
-- ``silver/quarantine/landing_date=D`` (every defective line, byte for byte),
+- ``silver/quarantine/landing_date=D`` (every defective line: ``raw_bytes`` exactly
+  as received, ``raw_record`` its text for readers, see :func:`quarantine_records`),
 - ``silver/events/event_date=E`` for every event date E of the clean batch
   (late arrivals are merged into their own partition: rows of other landing
   dates are kept, rows of landing date D are replaced, so a rerun is idempotent),
@@ -18,6 +20,14 @@ Pure transforms (no paths): :func:`parse_lines`, :func:`assign_reasons`,
 and raises :class:`DataQualityError` when the bad rate exceeds
 ``config.validation.max_bad_rate`` (after writing the quarantine and the report;
 silver is then left untouched so a rejected batch never reaches downstream).
+
+Bytes: a record is the bytes up to a ``\\n``; a ``\\r`` never ends one. A line whose
+bytes are not valid UTF-8 is ``invalid_utf8`` (never repaired into silver). A ``\\r``
+is JSON whitespace, so CRLF files and a ``\\r`` between tokens parse, while a raw
+``\\r`` (like any raw control character, NUL included) inside a string is
+``malformed_json``. A string value holding U+0000 (sent escaped as ``\\u0000``) is
+rejected as ``nul_character`` rather than stripped: PostgreSQL text columns cannot
+store NUL, and stripping would change ids and values silently.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import uuid
 import zoneinfo
 from functools import reduce
 from typing import Any
@@ -47,6 +58,7 @@ log = logging.getLogger(__name__)
 # Internal columns (dropped before anything is written to silver).
 _FILE, _BLOCK, _POS = "_file", "_block", "_pos"  # line order: file, split, position
 _FIELDS = "_fields"  # the record as map<string,string>; null when not a JSON object
+_VALID_UTF8 = "_valid_utf8"  # the line's bytes decode as strict UTF-8
 _TYPE_MISMATCH = "_type_mismatch"  # a non-string field whose value has the wrong JSON type
 _TS = "_ts"  # ts parsed to a timestamp
 _ORIGINAL_EVENT_ID = "_original_event_id"
@@ -78,14 +90,17 @@ class DataQualityError(RuntimeError):
 
 # --------------------------------------------------------------------- parsing
 def read_raw_lines(spark: SparkSession, path: str) -> DataFrame:
-    """Raw lines as text (never schema-inferred) with their file order.
+    """Raw lines as bytes (never decoded, never schema-inferred) with their file order.
 
-    Returns ``raw_record`` (the line), ``_file``, ``_block`` and ``_pos``: within a
-    split Spark reads lines in order, so (file, split start, increasing id) sorts
-    lines by file and line number.
+    Returns ``raw_bytes`` (the line without its ``\\n``), ``_file``, ``_block`` and
+    ``_pos``: within a split Spark reads lines in order, so (file, split start,
+    increasing id) sorts lines by file and line number.
     """
-    return spark.read.text(path).select(
-        F.col("value").alias(C.RAW_RECORD),
+    # lineSep: by default the text source also ends lines at "\r", splitting one
+    # record in two. Its strings hold the file's bytes unchecked, so the cast to
+    # binary returns them exactly, invalid UTF-8 included.
+    return spark.read.option("lineSep", "\n").text(path).select(
+        F.col("value").cast("binary").alias(C.RAW_BYTES),
         F.col("_metadata.file_path").alias(_FILE),
         F.col("_metadata.file_block_start").alias(_BLOCK),
         F.monotonically_increasing_id().alias(_POS),
@@ -93,13 +108,20 @@ def read_raw_lines(spark: SparkSession, path: str) -> DataFrame:
 
 
 def parse_lines(lines: DataFrame) -> DataFrame:
-    """Parse ``raw_record`` with the explicit raw event schema.
+    """Decode ``raw_bytes`` and parse the text with the explicit raw event schema.
 
-    Adds every raw field (typed), ``_fields`` (the record as a string map, null
-    when the line is not a JSON object), ``_type_mismatch`` and ``_ts``. A missing
-    event id is replaced by a hash of the line (so the same line twice is still a
-    duplicate); the original id is kept for the quarantine table.
+    Adds ``raw_record`` (the text; invalid UTF-8 sequences become U+FFFD),
+    ``_valid_utf8``, every raw field (typed), ``_fields`` (the record as a string
+    map, null when the line is not a JSON object), ``_type_mismatch`` and ``_ts``.
+    A missing event id is replaced by a hash of the line's bytes (so the same line
+    twice is still a duplicate); the original id is kept for the quarantine table.
+    ``lines`` without ``raw_bytes`` take them from a ``raw_record`` text column.
     """
+    if C.RAW_BYTES not in lines.columns:
+        lines = lines.withColumn(C.RAW_BYTES, F.col(C.RAW_RECORD).cast("binary")).drop(C.RAW_RECORD)
+    # A string cast from binary keeps the bytes unchecked: test them, then repair a copy.
+    text = F.col(C.RAW_BYTES).cast("string")
+    lines = lines.withColumn(C.RAW_RECORD, F.make_valid_utf8(text)).withColumn(_VALID_UTF8, F.is_valid_utf8(text))
     schema: T.StructType = C.spark_schemas()["raw_events"]
     as_map = F.from_json(C.RAW_RECORD, T.MapType(T.StringType(), T.StringType()))
     typed = F.from_json(C.RAW_RECORD, schema)
@@ -125,7 +147,7 @@ def parse_lines(lines: DataFrame) -> DataFrame:
     )
     event_id = F.nullif(F.trim(F.col(C.EVENT_ID)), F.lit(""))
     return parsed.withColumn(_ORIGINAL_EVENT_ID, F.col(C.EVENT_ID)).withColumn(
-        C.EVENT_ID, F.coalesce(event_id, F.concat(F.lit("gen-"), F.substring(F.sha2(C.RAW_RECORD, 256), 1, 32)))
+        C.EVENT_ID, F.coalesce(event_id, F.concat(F.lit("gen-"), F.substring(F.sha2(C.RAW_BYTES, 256), 1, 32)))
     )
 
 
@@ -162,7 +184,13 @@ def assign_reasons(
     flagged = parsed.join(users, C.USER_ID, "left").join(F.broadcast(apps), C.APP_ID, "left")
 
     checks: list[tuple[str, Column]] = [
+        ("invalid_utf8", ~F.col(_VALID_UTF8)),
         ("malformed_json", F.col(_FIELDS).isNull() | F.col(_TYPE_MISMATCH)),
+        (
+            # char(0): U+0000 built in SQL rather than sent through py4j as a literal.
+            "nul_character",
+            F.exists(F.map_values(F.col(_FIELDS)), lambda value: F.instr(value, F.expr("char(0)")) > 0),
+        ),
         (
             "oversized_field",
             F.exists(F.map_values(F.col(_FIELDS)), lambda value: F.octet_length(value) > max_field_bytes),
@@ -259,9 +287,14 @@ def normalise_events(clean: DataFrame, landing_date: str) -> DataFrame:
 
 
 def quarantine_records(flagged: DataFrame) -> DataFrame:
-    """Defective lines: ``raw_record`` (unchanged), ``reason``, ``event_id`` (as sent, nullable)."""
+    """Defective lines: ``raw_record``, ``reason``, ``event_id`` (as sent, nullable), ``raw_bytes``.
+
+    ``raw_bytes`` (binary) is the line exactly as received without its ``\\n``;
+    ``raw_record`` (string) is the same line as text, identical to it for valid
+    UTF-8 and with U+FFFD for invalid sequences, so every Parquet reader can read it.
+    """
     return flagged.where(F.col(C.REASON).isNotNull()).select(
-        C.RAW_RECORD, C.REASON, F.col(_ORIGINAL_EVENT_ID).alias(C.EVENT_ID)
+        C.RAW_RECORD, C.REASON, F.col(_ORIGINAL_EVENT_ID).alias(C.EVENT_ID), C.RAW_BYTES
     )
 
 
@@ -480,8 +513,8 @@ def main(config: Config, date: str, spark: SparkSession | None = None, run_expec
         raise FileNotFoundError(f"no raw events for landing date {landing}: {raw_path}")
     schemas = C.spark_schemas()
     events_table = lake.silver("events")
-    staging = lake.silver(f"_staging/validate/landing_date={landing}")
-    io.delete_path(spark, staging)
+    # Unique per run: another run's scratch (concurrent, or left by a crash) is never this one's.
+    staging = lake.silver(f"_staging/validate/landing_date={landing}/run={uuid.uuid4().hex}")
 
     key = lake_key(config)  # None: pseudonymisation is off, the lake keeps the app's ids
     raw_users = read_raw_reference(spark, lake.raw_users(), schemas["raw_users"], landing)
