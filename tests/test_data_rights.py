@@ -539,7 +539,8 @@ def test_delete_three_users_everywhere_and_verify_finds_nothing(world: Any, spar
     after = verify_deleted(config, deleted, redis_prefix=prefix)
     assert after["hits"] == {store: 0 for store in STORES}
     assert after["clean"] is True and after["locations"] == []
-    assert after["retained"] == {"audit_log": 3 + exported, "tombstone": 3}  # the deletions (+ D2's export)
+    assert after["retained"] == {"audit_log": 3 + exported, "tombstone": 3,  # the deletions (+ D2's export)
+                                 "request_logs": 0}
     from models.scoring import load_deleted_users
 
     assert load_deleted_users(config) == ids

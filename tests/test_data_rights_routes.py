@@ -243,7 +243,7 @@ def test_delete_user_removes_only_the_named_users_records(world: dict[str, Path]
     # Lines that name D without belonging to D (e2, the bare word, the app's description; q3, q6)
     # are listed for review, never counted as D's data.
     assert check["mentions"] == {"raw": 3, "quarantine": 2}
-    assert check["retained"] == {"audit_log": 1, "tombstone": 1} and check["pending"] == []
+    assert check["retained"] == {"audit_log": 1, "tombstone": 1, "request_logs": 0} and check["pending"] == []
     again = _pe(root, "delete-user", D, "--requested-by", "dpo")  # known through the tombstone: idempotent
     assert again.returncode == 0 and json.loads(again.stdout)["deleted"] == ZERO
 
@@ -315,9 +315,19 @@ def test_run_records_are_searched_and_the_publish_reads_the_tombstone(world: dic
     record = root / "var" / "runs" / DAY / "score_users.json"
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"expected": {"deleted_users": [D, P1]}, "rows": 3}))
+    # Task logs: the nightly DAG's must hold no id; the privacy_requests DAG's are the request itself.
+    logs = root / "var" / "airflow" / "logs"
+    for dag, text in (("personalization_nightly", f"Done. Returned value was: {{'users': ['{P1}']}}"),
+                      ("privacy_requests", f"Done. Returned value was: {{'user_ids': ['{D}']}}")):
+        log = logs / f"dag_id={dag}" / "run_id=manual" / "task_id=t" / "attempt=1.log"
+        log.parent.mkdir(parents=True)
+        log.write_text(text + "\n")
     check = verify_deleted(config, [D])
-    assert check["clean"] is False and check["hits"] == {**ZERO, "run_records": 1}
-    assert check["locations"] == [f"run_records:var/runs/{DAY}/score_users.json"]
+    assert check["clean"] is False and check["hits"] == {**ZERO, "run_records": 2}
+    assert check["locations"] == [
+        f"run_records:var/runs/{DAY}/score_users.json",
+        "run_records:var/airflow/logs/dag_id=personalization_nightly/run_id=manual/task_id=t/attempt=1.log"]
+    assert check["retained"]["request_logs"] == 1
     # The nightly record holds none: the publish checks read the deleted users from the tombstone.
     assert publish_expectations(config, {"expected": {"top_n": 3, "deleted_users": []}}) == {
         "top_n": 3, "deleted_users": sorted([D, P1])}

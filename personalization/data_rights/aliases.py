@@ -5,7 +5,9 @@ people are known by ``pseudonymise(id, key)`` (see :mod:`personalization.privacy
 so every store is searched for both. Pseudonyms come from the current key (never
 created here: a fresh key would only yield pseudonyms no store holds) and from
 every partition of ``silver/user_pseudonyms``, which also covers pseudonyms made
-under an earlier key and requests that name a pseudonym instead of an app id.
+under an earlier key and requests that name a pseudonym instead of an app id, and
+from the tombstone (``silver/deleted_users``), so verification after a deletion still
+searches the pseudonyms whose mapping rows it removed.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import pyarrow.parquet as pq
 
 from jobs import columns as C
 from personalization.config import Config
-from personalization.data_rights import files
+from personalization.data_rights import files, lake_store
 from personalization.data_rights.ids import IdMatcher
 from personalization.lake import Lake
-from personalization.privacy import APP_USER_ID, PSEUDONYM_TABLE, pseudonymise, resolve_hmac_key
+from personalization.privacy import APP_USER_ID, PSEUDONYM, PSEUDONYM_TABLE, pseudonymise, resolve_hmac_key
 
 
 def mapping_aliases(config: Config, user_ids: list[str]) -> dict[str, str]:
@@ -53,6 +55,14 @@ def resolve_aliases(config: Config, user_ids: list[str]) -> dict[str, str]:
         aliases.update({pseudonymise(user_id, key): user_id for user_id in user_ids})
     for token, owner in mapping_aliases(config, user_ids).items():
         aliases.setdefault(token, owner)
+    # After a deletion the mapping rows are gone: the tombstone still names the pseudonyms to search.
+    for uri in files.list_files(f"{Lake(config).root}/{lake_store.TOMBSTONE}"):
+        if uri.endswith(".parquet"):
+            with files.local_copy(uri) as path:
+                table = pq.read_table(path, columns=[C.USER_ID, PSEUDONYM])
+            for owner, token in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
+                if owner in wanted and token:
+                    aliases.setdefault(token, owner)
     return {token: owner for token, owner in aliases.items() if token and token not in wanted}
 
 
@@ -67,8 +77,6 @@ def unknown_users(config: Config, user_ids: list[str], matcher: IdMatcher) -> li
     ``silver/user_pseudonyms`` mapping row, a tombstone row or a pending deletion
     (so an interrupted or repeated deletion can always be finished).
     """
-    from personalization.data_rights import lake_store
-
     known = lake_store.known_users(config, matcher)
     known |= set(mapping_aliases(config, user_ids).values())
     left = set(user_ids) - known

@@ -150,7 +150,7 @@ def verify_deleted(config: Config, user_ids: list[str], *, redis_prefix: str = R
 
     Returns ``{"clean": bool, "hits": {store: n}, "by_user": {user: {store: n}},
     "mentions": {store: n}, "mention_locations": [...], "retained": {"audit_log": n,
-    "tombstone": n}, "pending": [request ids], "locations": [...], "skipped": {...}}``:
+    "tombstone": n, "request_logs": n}, "pending": [request ids], "locations": [...], "skipped": {...}}``:
     ``hits`` are raw/quarantined lines that still belong to a user (user-id field) and
     rows/keys/files that still hold an id as a token; ``mentions`` are other users'
     lines that name it (not the user's records, never removed); ``retained`` are the
@@ -162,7 +162,7 @@ def verify_deleted(config: Config, user_ids: list[str], *, redis_prefix: str = R
     serving = serving_store.scan_serving(config, matcher)
     redis = redis_store.scan_redis(config, matcher, redis_prefix)
     models = mlflow_store.scan_models(config, matcher)
-    records = lake_store.scan_run_records(config, matcher)
+    records, request_logs = lake_store.scan_run_records(config, matcher)
     sources: dict[str, Any] = {name: tally.by_user for name, tally in lake["stores"].items()}
     sources.update(serving_db=serving["by_user"], redis=redis["by_user"], mlflow=models["by_user"],
                    run_records=records.by_user)
@@ -184,7 +184,8 @@ def verify_deleted(config: Config, user_ids: list[str], *, redis_prefix: str = R
         "hits": hits,
         "by_user": by_user,
         "retained": {"audit_log": int(sum(serving["retained"].values())),
-                     "tombstone": int(sum(lake["tombstone"].by_user.values()))},
+                     "tombstone": int(sum(lake["tombstone"].by_user.values())),
+                     "request_logs": int(sum(request_logs.by_user.values()))},
         "pending": [entry.get("request_id") for entry in lake_store.read_pending(config)
                     if set(entry["user_ids"]) & set(ids)],
         "locations": locations[:MAX_LOCATIONS],

@@ -70,6 +70,8 @@ RAW_LINE_COLUMNS = (C.RAW_RECORD, "raw_bytes")
 PENDING = f"{TOMBSTONE}/_pending"
 #: Folders under ``var/`` where the product writes run records and logs (searched by verification).
 RUN_RECORD_DIRS = ("runs",)
+#: The DAG that carries privacy requests: its task logs name the requested ids on purpose.
+PRIVACY_DAG = "privacy_requests"
 
 
 @dataclass
@@ -567,20 +569,26 @@ def scan_lake(config: Config, matcher: IdMatcher) -> dict[str, Any]:
 
 
 def run_record_roots(config: Config) -> list[Path]:
-    """Local folders where the product writes run records and logs (``var/runs``, the Airflow logs)."""
+    """Local folders where the product writes run records and logs (``var/runs``, the Airflow task logs)."""
     roots = [Path(config.var_dir) / name for name in RUN_RECORD_DIRS]
     roots.append(Path(config.airflow_home) / "logs")
     return roots
 
 
-def scan_run_records(config: Config, matcher: IdMatcher) -> Tally:
-    """Files per id under the run-record and log folders that mention an id (a hit: they must hold none)."""
-    tally = Tally()
+def scan_run_records(config: Config, matcher: IdMatcher) -> tuple[Tally, Tally]:
+    """``(hits, retained)``: files per id under the run-record and log folders that mention an id.
+
+    Run records and the nightly logs must hold no personal id, so a mention is a hit.
+    The task logs of the ``privacy_requests`` DAG are the request itself (which ids, who
+    asked), like the audit log: kept on purpose and counted as retained.
+    """
+    hits, retained = Tally(), Tally()
     var = Path(config.var_dir)
     for root in run_record_roots(config):
         if not root.is_dir():
             continue
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            where = str(path.relative_to(var)) if path.is_relative_to(var) else str(path)
-            tally.add(Counter(scan_bytes(str(path), matcher)), f"var/{where}" if path.is_relative_to(var) else where)
-    return tally
+            where = f"var/{path.relative_to(var)}" if path.is_relative_to(var) else str(path)
+            request_log = f"dag_id={PRIVACY_DAG}" in path.parts
+            (retained if request_log else hits).add(Counter(scan_bytes(str(path), matcher)), where)
+    return hits, retained
