@@ -26,6 +26,9 @@ from typing import Any, Sequence
 
 from personalization.config import Config, load_config
 
+#: Exit status when another process holds the lake's lock (EX_TEMPFAIL: try again later).
+EXIT_LAKE_BUSY = 75
+
 
 def _config(args: argparse.Namespace) -> Config:
     overrides: dict[str, dict[str, Any]] = {}
@@ -253,18 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--scale", choices=["tiny", "small", "medium", "large"], help="world size preset")
     generate.add_argument("--seed", type=int, help="random seed (same seed, same bytes)")
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
+    generate.set_defaults(writes_lake=True)
 
     run = add("run", cmd_run, "Run the nightly pipeline for a date (generates the world when missing).")
     run.add_argument("--date", help="run date YYYY-MM-DD (default: the latest generated date)")
     run.add_argument("--scale", choices=["tiny", "small", "medium", "large"], help="world size preset")
     run.add_argument("--seed", type=int, help="world seed")
     run.add_argument("--direct", action="store_true", help="run the stages in this process, without Airflow")
+    run.set_defaults(writes_lake=True)
 
     from personalization.pipeline import STAGES
 
     stage = add("stage", cmd_stage, "Run one stage of the nightly pipeline for a date.")
     stage.add_argument("name", choices=STAGES, help="stage name")
     stage.add_argument("--date", help="run date YYYY-MM-DD (default: the latest generated date)")
+    stage.set_defaults(writes_lake=True)
 
     summary = add("summary", cmd_summary, "Print what a run produced and how to inspect it.")
     summary.add_argument("--date", help="run date YYYY-MM-DD (default: the latest generated date)")
@@ -311,8 +317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from personalization.locks import LakeBusyError, lake_lock
+
     try:
+        if getattr(args, "writes_lake", False):  # one run per lake at a time (personalization.locks)
+            with lake_lock(_config(args)):
+                return int(args.handler(args) or 0)
         return int(args.handler(args) or 0)
+    except LakeBusyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_LAKE_BUSY
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -187,6 +188,33 @@ def relocate(value: Any, local_root: str, lake_root: str) -> Any:
     return value
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def remove_stale_work_dirs(work_parent: str | os.PathLike[str]) -> list[str]:
+    """Delete the local lake copies (``lake-<pid>-*``) of runs whose process is gone; returns their names.
+
+    :func:`local_lake` removes its copy on exit, but a killed run cannot. Copies of live
+    processes (another stage running now) and unnamed ones are left alone.
+    """
+    removed = []
+    for path in sorted(Path(work_parent).glob("lake-*-*")):
+        pid = path.name.split("-")[1]
+        if path.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    if removed:
+        log.info("removed the local lake copies of ended runs: %s", removed)
+    return removed
+
+
 @contextmanager
 def local_lake(config: Config, prefixes: Sequence[str]) -> Iterator[str]:
     """Point ``config`` at a local copy of ``prefixes`` of its ``s3://`` lake for the block; sync back after.
@@ -199,7 +227,9 @@ def local_lake(config: Config, prefixes: Sequence[str]) -> Iterator[str]:
     lake_root = config.lake_root
     work_parent = Path(config.var_dir) / "work"
     work_parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="lake-", dir=work_parent) as work:
+    remove_stale_work_dirs(work_parent)
+    # Unique per run and named by its pid, so a crashed run's copy is recognised and removed later.
+    with tempfile.TemporaryDirectory(prefix=f"lake-{os.getpid()}-", dir=work_parent) as work:
         downloaded = stage_down(lake_root, list(prefixes), work)
         before = snapshot(work)
         log.info("staged %d objects of %s to %s", downloaded, lake_root, work)
