@@ -220,7 +220,7 @@ def child_lightning(args: argparse.Namespace) -> dict[str, Any]:
     def lightning_fit() -> float | None:
         module, datamodule = build()
         run = fit_module(config, options, module, datamodule, "cf_bpr", incremental=False, workdir=workdir)
-        return run.best.best_score
+        return run.best_score
 
     def plain_fit(epochs: int) -> float | None:
         module, datamodule = build()

@@ -263,21 +263,21 @@ def fit_cf_bpr(
     datamodule.setup()
     module.set_positive_keys(datamodule.positive_keys())
     run = fit_module(config, options, module, datamodule, "cf_bpr", incremental, workdir)
-    history, best, checkpoint, max_epochs = run.history, run.best, run.checkpoint_path, run.max_epochs
     recommender = BPRRecommender.from_module(module.cpu(), data)
     params = {
         "embedding_dim": module.hparams.embedding_dim,
         "learning_rate": training.learning_rate,
         "l2": options.cf_l2,
         "batch_size": training.batch_size,
-        "max_epochs": max_epochs,
-        "best_epoch": best.best_epoch if best.best_epoch is not None else -1,
+        "max_epochs": run.max_epochs,
+        "best_epoch": run.best_epoch if run.best_epoch is not None else -1,
         "n_train_pairs": int(positives.nnz),
     }
     return FitResult(
         recommender=recommender,
         params=params,
-        history=history.epochs,
-        checkpoint_path=checkpoint,
+        history=run.history,
+        history_logged=run.logged_to_mlflow,
+        checkpoint_path=run.checkpoint_path,
         mode="incremental" if incremental else "full",
     )

@@ -34,6 +34,8 @@ class FitResult:
     params: dict[str, Any] = field(default_factory=dict)
     #: One dict per epoch (or per grid point), e.g. ``{"epoch": 0, "train/loss": .., "val/ndcg@10": ..}``.
     history: list[dict[str, float]] = field(default_factory=list)
+    #: True when the fit already logged ``history`` to the active MLflow run (Lightning's logger).
+    history_logged: bool = False
     #: Lightning checkpoint of the selected weights, when the model has one.
     checkpoint_path: str | None = None
     #: "full" or "incremental", and where an incremental run started from.

@@ -2,10 +2,11 @@
 
 - :class:`NDCGAtK`: a torchmetrics metric object for ``val/ndcg@k`` during training;
 - :class:`EvaluationRows`: the validation users (unseen validation positives) as a Dataset;
-- :class:`EpochHistory` and :class:`BestWeights`: per-epoch metrics for MLflow and the
-  best-epoch weights (the epoch is chosen on validation NDCG only);
+- :class:`WarmupEMA`: Lightning's ``WeightAveraging`` with the project's moving-average schedule;
+- :class:`EpochMetricsLogger`: Lightning's ``MLFlowLogger`` into the model's active nested run;
 - :func:`make_trainer`: one deterministic Trainer configuration for every model;
-- :func:`fit_module`: the shared fit (best validation epoch kept, checkpoint saved);
+- :func:`fit_module`: the shared fit (Lightning's ``ModelCheckpoint`` keeps the best validation
+  epoch, chosen on validation NDCG only; a ``CSVLogger`` records the epoch metrics);
 - :func:`inverse_sqrt_schedule`: the incremental-training rate base / sqrt(1 + iteration);
 - :class:`LazyAdamW`: AdamW for dense parameters, lazy Adam for sparse embedding gradients.
 """
@@ -13,10 +14,12 @@
 from __future__ import annotations
 
 import contextlib
-import copy
+import csv
 import math
+import os
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +28,14 @@ import numpy as np
 import pytorch_lightning as pl
 import scipy.sparse as sp
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 from torchmetrics import Metric
 
 from models.common import ModelOptions
 from models.data import InteractionData
-from models.evaluation import evaluation_users, sample_evaluation_users
+from models.evaluation import evaluation_users, mlflow_metric_name, sample_evaluation_users
 from personalization.config import Config
 
 
@@ -167,62 +172,6 @@ class CpuBatchesMixin:
         return super().transfer_batch_to_device(batch, device, dataloader_idx)  # type: ignore[misc]
 
 
-class EpochHistory(pl.Callback):
-    """Collects the epoch-level logged metrics (``train/loss``, ``val/ndcg@k``) of each epoch.
-
-    An epoch's row is taken when the next epoch starts (or training ends): Lightning runs this
-    callback's ``on_train_epoch_end`` before the module's, where :class:`EpochMeansMixin` logs
-    the epoch's training losses.
-    """
-
-    def __init__(self) -> None:
-        self.epochs: list[dict[str, float]] = []
-        self._ended: int | None = None  # the epoch that ended and has no row yet
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._ended = trainer.current_epoch
-
-    def _record(self, trainer: pl.Trainer) -> None:
-        if self._ended is None:
-            return
-        row = {"epoch": float(self._ended)}
-        for name, value in trainer.callback_metrics.items():
-            if torch.is_tensor(value) and value.numel() == 1:
-                row[name] = float(value)
-        self.epochs.append(row)
-        self._ended = None
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer)
-
-
-class BestWeights(pl.Callback):
-    """Keeps a copy of the weights of the best validation epoch and restores them at the end."""
-
-    def __init__(self, monitor: str):
-        self.monitor = monitor
-        self.best_score: float | None = None
-        self.best_epoch: int | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        score = float(value)
-        if self.best_score is None or score > self.best_score:
-            self.best_score = score
-            self.best_epoch = trainer.current_epoch
-            self.best_state = copy.deepcopy(pl_module.state_dict())
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.best_state is not None:
-            pl_module.load_state_dict(self.best_state)
-
-
 #: Weights per step of the automatic weight-average update interval (see :func:`ema_interval`).
 EMA_WEIGHTS_PER_STEP = 2_000_000
 
@@ -235,25 +184,31 @@ def ema_interval(module: torch.nn.Module, configured: int) -> int:
     return max(1, math.ceil(sum(p.numel() for p in module.parameters()) / EMA_WEIGHTS_PER_STEP))
 
 
-class WeightEMA(pl.Callback):
-    """Exponential moving average of the trained weights, used for validation and kept at the end.
+class WarmupEMA(WeightAveraging):
+    """Lightning's weight averaging with an exponential moving average that starts from the initial weights.
 
-    After every optimizer step ``ema = decay * ema + (1 - decay) * weights`` (floating-point
-    parameters). Validation runs on the averaged weights (swapped in at the start of the
-    validation epoch, out at its end), so list this callback *after* :class:`BestWeights`:
-    that one then snapshots the averaged weights it validated. When training ends the
-    module keeps the average. The average smooths the epoch-to-epoch noise of the last
-    steps, so the epoch chosen on validation matters less.
+    Lightning's :class:`~pytorch_lightning.callbacks.WeightAveraging` keeps the average in a
+    torch ``AveragedModel``, validates on it (swapped in for each validation epoch), puts it in
+    the checkpoints' ``state_dict`` (the raw weights under ``current_model_state``) and leaves it
+    in the module when training ends. This subclass only chooses the update rule:
 
-    With ``warmup`` the ``u``-th update (from 0) uses ``min(decay ** every, (1 + u) / (10 + u))``:
-    early updates follow the weights closely, so the first epochs' validation (and a short
-    fine-tuning run on a small day) is not dominated by the starting weights (TensorFlow's
-    ``ExponentialMovingAverage(num_updates=...)`` does the same). Without it the average keeps
-    ``decay ** steps`` of the starting weights (a shrinkage towards them: 5-10% after ml-100k's
-    ~2,500 steps at 0.999, but nearly all of a tiny run's). ``every`` > 1 updates after
-    every ``every``-th step with ``decay ** every`` (the same time horizon): one update reads
-    and writes every weight, ~25 ms for the 7.7M weights of the two-tower at medium against a
-    47 ms step.
+    - after every ``every``-th optimizer step ``ema = d * ema + (1 - d) * weights`` with
+      ``d = decay ** every`` (the same time horizon as updating every step), one fused
+      ``torch._foreach_lerp_`` over the parameters. One update reads and writes every weight,
+      ~25 ms for the 7.7M weights of the two-tower at medium against a 47 ms step;
+    - the average starts at the weights the fit starts from (``AveragedModel`` would copy the
+      weights at its first update instead), so without warm-up it keeps ``decay ** steps`` of the
+      starting weights: a shrinkage towards them (5-10% after ml-100k's ~2,500 steps at 0.999,
+      nearly all of a tiny run's), and a fine-tuning run stays near the warm-started weights;
+    - with ``warmup`` the ``u``-th update (from 0) uses ``min(decay ** every, (1 + u) / (10 + u))``:
+      early updates follow the weights closely, so the first epochs' validation (and a short
+      fine-tuning run on a small day) is not dominated by the starting weights (TensorFlow's
+      ``ExponentialMovingAverage(num_updates=...)`` does the same; Lightning's
+      ``EMAWeightAveraging`` has no warm-up).
+
+    Only parameters are averaged (``use_buffers=False``): the modules' buffers are fixed inputs
+    (catalogue tensors, positive keys) that the average keeps a copy of. The average lives on
+    the device the module trains on.
     """
 
     def __init__(self, decay: float, every: int = 1, warmup: bool = True):
@@ -261,52 +216,88 @@ class WeightEMA(pl.Callback):
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         if every < 1:
             raise ValueError(f"EMA update interval must be >= 1 step, got {every}")
+        super().__init__(use_buffers=False, multi_avg_fn=self._lerp)
         self.decay = decay
         self.every = every
         self.warmup = warmup
-        self.average: list[torch.Tensor] | None = None
-        self._steps = 0
+        self._update = 0  # index (from 0) of the update the current step makes, if it makes one
 
-    @staticmethod
-    def _parameters(pl_module: pl.LightningModule) -> list[torch.Tensor]:
-        return [p for p in pl_module.parameters() if p.is_floating_point()]
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        """After every ``every``-th optimizer step (``step_idx`` counts from 0); never at an epoch's end."""
+        return step_idx is not None and (step_idx + 1) % self.every == 0
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.average = [p.detach().clone() for p in self._parameters(pl_module)]
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The module is still on the CPU when callbacks are set up: keep the average where it will train.
+        self._device = trainer.strategy.root_device
+        super().setup(trainer, pl_module, stage)
+        if self._average_model is not None:
+            # The average holds a copy of the starting weights; counting it as one sample makes the
+            # first update average with it instead of overwriting it.
+            self._average_model.n_averaged.fill_(1)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._steps += 1
-        if self.average is not None and self._steps % self.every == 0:
-            update = self._steps // self.every - 1
-            decay = self.decay**self.every
-            if self.warmup:
-                decay = min(decay, (1.0 + update) / (10.0 + update))
-            with torch.no_grad():
-                # lerp_(w, 1 - d): ema + (1 - d) * (w - ema)
-                torch._foreach_lerp_(self.average, [p.detach() for p in self._parameters(pl_module)], 1.0 - decay)
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._update = trainer.global_step // self.every - 1
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
-    def _swap(self, pl_module: pl.LightningModule) -> None:
-        if self.average is None:
-            return
-        with torch.no_grad():
-            for parameter, average in zip(self._parameters(pl_module), self.average, strict=True):
-                current = parameter.detach().clone()
-                parameter.copy_(average)
-                average.copy_(current)
+    def _lerp(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _num_averaged: Any) -> None:
+        """``AveragedModel``'s ``multi_avg_fn``: one EMA update of a group of same-dtype tensors."""
+        decay = self.decay**self.every
+        if self.warmup:
+            decay = min(decay, (1.0 + self._update) / (10.0 + self._update))
+        if averaged and averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)  # ema + (1 - d) * (w - ema)
+        else:
+            torch._foreach_copy_(averaged, current)
 
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "fit":
-            self._swap(pl_module)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "fit":
-            self._swap(pl_module)
+class EpochMetricsLogger(MLFlowLogger):
+    """Lightning's ``MLFlowLogger`` writing the epoch metrics into the MLflow run already active.
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.average is not None:
-            with torch.no_grad():
-                for parameter, average in zip(self._parameters(pl_module), self.average, strict=True):
-                    parameter.copy_(average)
+    The run is the model's nested run that :func:`models.train.train` opened (``run_id``), so:
+
+    - metric names are the run's other names (:func:`models.evaluation.mlflow_metric_name`:
+      ``val/ndcg@10`` -> ``val/ndcg_at_10``; ``MLFlowLogger`` alone would drop the ``@``);
+    - the step (the x-axis of MLflow's charts) is the epoch, counted from 0, not the optimizer
+      step: epochs of runs with different batch sizes line up; non-finite values are skipped;
+    - hyperparameters are not logged here (``train`` logs the fit's parameters; the module's
+      hparams under the same keys could clash, and MLflow parameters cannot change);
+    - finishing the fit leaves the run open: the ``with mlflow.start_run()`` that opened it ends it.
+    """
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        return
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        epoch = metrics.get("epoch")
+        renamed = {
+            mlflow_metric_name(name): float(value)
+            for name, value in metrics.items()
+            if name != "epoch" and np.isfinite(value)
+        }
+        if renamed:
+            super().log_metrics(renamed, step=int(epoch) if epoch is not None else step)
+
+    def finalize(self, status: str = "success") -> None:
+        return
+
+
+def epoch_history(metrics_csv: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """One row per epoch (``{"epoch": 0.0, "train/loss": .., "val/ndcg@10": ..}``) from a ``CSVLogger``'s
+    ``metrics.csv``, whose rows (one per logging call: training losses, then validation) are merged by epoch."""
+    path = Path(metrics_csv)
+    if not path.exists():
+        return []
+    epochs: dict[float, dict[str, float]] = {}
+    with open(path, newline="") as handle:
+        for line in csv.DictReader(handle):
+            if not line.get("epoch"):
+                continue
+            epoch = float(line["epoch"])
+            row = epochs.setdefault(epoch, {"epoch": epoch})
+            row.update({name: float(value) for name, value in line.items() if name not in ("epoch", "step") and value})
+    return [epochs[epoch] for epoch in sorted(epochs)]
 
 
 def make_trainer(
@@ -316,10 +307,11 @@ def make_trainer(
     callbacks: list[pl.Callback],
     root_dir: str,
     monitor: str | None = None,
+    loggers: list[Logger] | None = None,
 ) -> pl.Trainer:
     """A deterministic, quiet Trainer; early stopping on ``monitor`` when patience > 0.
 
-    Build and fit it inside :func:`deterministic_torch`.
+    Build and fit it inside :func:`deterministic_torch`. ``callbacks`` may hold a ``ModelCheckpoint``.
     """
     callbacks = list(callbacks)
     if monitor and options.early_stopping_patience > 0 and not options.fast_dev_run:
@@ -331,8 +323,8 @@ def make_trainer(
         accelerator=config.training.accelerator,
         devices=1,
         deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
+        logger=loggers or False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -347,10 +339,16 @@ def make_trainer(
 class FitRun:
     """What :func:`fit_module` produced."""
 
-    history: EpochHistory
-    best: BestWeights
+    #: One row per epoch of the metrics the module logged (see :func:`epoch_history`).
+    history: list[dict[str, float]]
+    #: The epoch whose weights the module holds (the best validation epoch, else the last), and its score.
+    best_epoch: int | None
+    best_score: float | None
+    #: Lightning checkpoint of those weights (``Module.load_from_checkpoint`` restores them).
     checkpoint_path: str
     max_epochs: int
+    #: Whether the epoch metrics went to the active MLflow run (:class:`EpochMetricsLogger`).
+    logged_to_mlflow: bool = False
 
 
 def fit_module(
@@ -366,30 +364,71 @@ def fit_module(
     ema_every: int = 0,
     ema_warmup: bool = True,
 ) -> FitRun:
-    """Fit ``module`` deterministically, keep the best validation epoch, save ``<workdir>/<name>.ckpt``.
+    """Fit ``module`` deterministically and leave it with the best validation epoch's weights.
 
     ``datamodule`` must be set up and expose ``validation`` (the validation users).
     ``threads`` overrides ``options.train_threads`` (torch intra-op threads; 0 = torch's default).
     ``ema_decay`` > 0 validates and keeps an exponential moving average of the weights, updated every
     ``ema_every`` steps (0: :func:`ema_interval` of the module's size), with or without warm-up
-    (:class:`WeightEMA`).
+    (:class:`WarmupEMA`).
+
+    Lightning's built-ins do the work: ``ModelCheckpoint`` keeps ``<name>.ckpt`` of the best
+    ``val/ndcg@k`` epoch in ``<workdir>/<name>-checkpoint/`` (with a weight average, of the average that
+    epoch validated; a full checkpoint, as Lightning resumes from), reloaded into
+    the module after the fit; without validation users the last epoch is kept. A ``CSVLogger`` under
+    ``<workdir>/<name>-logs`` records the epoch metrics (:attr:`FitRun.history`), and when an MLflow run
+    is active an :class:`EpochMetricsLogger` logs them to it.
     """
     training = config.training
     # Without validation users (e.g. fit_predict on a bare training file) the last epoch is kept.
     monitor = f"val/ndcg@{training.k}" if len(datamodule.validation) else None
-    history, best = EpochHistory(), BestWeights(monitor or "")
     workdir = workdir or tempfile.mkdtemp(prefix=f"{name}-")
     max_epochs = options.incremental_epochs if incremental else training.max_epochs
-    with deterministic_torch(options.train_threads if threads is None else threads):
-        # WeightEMA after BestWeights: the best epoch's snapshot is taken of the averaged weights.
-        callbacks: list[pl.Callback] = [history, best]
-        if ema_decay > 0:
-            callbacks.append(WeightEMA(ema_decay, ema_interval(module, ema_every), ema_warmup))
-        trainer = make_trainer(config, options, max_epochs, callbacks, workdir, monitor=monitor)
+    # Full checkpoints: WeightAveraging puts the average in a checkpoint's state_dict only then.
+    best = ModelCheckpoint(
+        dirpath=Path(workdir) / f"{name}-checkpoint", filename=name, monitor=monitor, mode="max", save_top_k=1
+    )
+    callbacks: list[pl.Callback] = [best]
+    if ema_decay > 0:
+        callbacks.append(WarmupEMA(ema_decay, ema_interval(module, ema_every), ema_warmup))
+    csv_logger = CSVLogger(workdir, name=f"{name}-logs")
+    loggers: list[Logger] = [csv_logger]
+    import mlflow  # here, not at the top: unpickling a model imports this module, and needs no MLflow
+
+    active = mlflow.active_run()
+    if active is not None:
+        loggers.append(EpochMetricsLogger(run_id=active.info.run_id, tracking_uri=mlflow.get_tracking_uri()))
+    with deterministic_torch(options.train_threads if threads is None else threads), warnings.catch_warnings():
+        # The modules log once per epoch (EpochMeansMixin): Lightning's step-logging interval does not apply.
+        warnings.filterwarnings("ignore", message="The number of training batches .* logging interval")
+        trainer = make_trainer(config, options, max_epochs, callbacks, workdir, monitor=monitor, loggers=loggers)
         trainer.fit(module, datamodule=datamodule)
-    checkpoint = str(Path(workdir) / f"{name}.ckpt")
-    trainer.save_checkpoint(checkpoint)
-    return FitRun(history, best, checkpoint, max_epochs)
+        if best.best_model_path:
+            checkpoint = torch.load(best.best_model_path, map_location=module.device, weights_only=False)
+            module.load_state_dict(checkpoint["state_dict"])
+            best_epoch, checkpoint_path = int(checkpoint["epoch"]), best.best_model_path
+        else:
+            # fast_dev_run: Lightning saves no checkpoint and logs nothing; the one epoch is kept.
+            best_epoch, checkpoint_path = 0, str(Path(best.dirpath) / f"{name}.ckpt")
+            trainer.save_checkpoint(checkpoint_path)
+    score = best.best_model_score if best.best_model_score is not None else trainer.callback_metrics.get(monitor or "")
+    if trainer.fast_dev_run:
+        history = [{"epoch": 0.0, **_scalars(trainer.callback_metrics)}]
+    else:
+        history = epoch_history(Path(csv_logger.log_dir) / "metrics.csv")
+    return FitRun(
+        history=history,
+        best_epoch=best_epoch,
+        best_score=float(score) if monitor and score is not None else None,
+        checkpoint_path=checkpoint_path,
+        max_epochs=max_epochs,
+        logged_to_mlflow=any(isinstance(logger, EpochMetricsLogger) for logger in trainer.loggers),
+    )
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The one-element tensors of ``metrics`` as floats."""
+    return {name: float(value) for name, value in metrics.items() if torch.is_tensor(value) and value.numel() == 1}
 
 
 @contextlib.contextmanager

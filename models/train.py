@@ -153,7 +153,8 @@ def _fit_and_log(
         result = evaluate(fit.recommender, data, k, block_size=options.eval_block_size)
         metrics = scalar_metrics(result)
         log_params({**fit.params, "mode": fit.mode, "seed": config.training.seed, "k": k})
-        log_history(fit.history)
+        if not fit.history_logged:  # grid searches; Lightning fits log their epochs themselves
+            log_history(fit.history)
         mlflow.log_metrics({mlflow_metric_name(name): value for name, value in metrics.items()})
         mlflow.log_metric("fit_seconds", fit_seconds)
         mlflow.log_metric("n_eval_users", result["n_users"])

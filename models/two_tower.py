@@ -736,21 +736,21 @@ def fit_two_tower(
         ema_every=options.tt_ema_every,
         ema_warmup=options.tt_ema_warmup,
     )
-    history, best, checkpoint, max_epochs = run.history, run.best, run.checkpoint_path, run.max_epochs
     recommender = TwoTowerRecommender(module.net, features, dict(module.hparams))
     params = {
         **{name: value for name, value in module.hparams.items() if name not in features.sizes()},
         "batch_size": training.batch_size,
-        "max_epochs": max_epochs,
+        "max_epochs": run.max_epochs,
         "history_dropout": options.tt_history_dropout,
-        "best_epoch": best.best_epoch if best.best_epoch is not None else -1,
+        "best_epoch": run.best_epoch if run.best_epoch is not None else -1,
         "n_train_pairs": int(positives.nnz),
         "scoring": "two_stage" if module.hparams.candidate_pool else "full_mlp",
     }
     return FitResult(
         recommender=recommender,
         params=params,
-        history=history.epochs,
-        checkpoint_path=checkpoint,
+        history=run.history,
+        history_logged=run.logged_to_mlflow,
+        checkpoint_path=run.checkpoint_path,
         mode="incremental" if incremental else "full",
     )

@@ -1,14 +1,16 @@
-"""WeightEMA: validation and the final weights use the moving average, training the raw weights."""
+"""WarmupEMA (Lightning's WeightAveraging): validation, checkpoints and the final weights use the moving
+average, training the raw weights."""
 
 from __future__ import annotations
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.lit import BestWeights, WeightEMA, ema_interval
+from models.lit import WarmupEMA, ema_interval
 
 
 class _Regression(pl.LightningModule):
@@ -29,7 +31,7 @@ class _Regression(pl.LightningModule):
 
     def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
         self.validated_with.append(float(self.weight.detach()))
-        # Higher is better for BestWeights: the epoch whose validated weight is closest to 1.5.
+        # Higher is better: the best epoch is the one whose validated weight is closest to 1.5.
         self.log("val/score", -abs(float(self.weight.detach()) - 1.5), on_epoch=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -40,7 +42,8 @@ def _fit(callbacks: list[pl.Callback], epochs: int = 3) -> _Regression:
     x = torch.linspace(0.5, 2.0, 8)[:, None]
     data = DataLoader(TensorDataset(x, 2.0 * x), batch_size=4)  # 2 steps per epoch
     module = _Regression()
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+    checkpointing = any(isinstance(callback, ModelCheckpoint) for callback in callbacks)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=checkpointing,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          callbacks=callbacks)
     trainer.fit(module, train_dataloaders=data, val_dataloaders=DataLoader(TensorDataset(x, x), batch_size=8))
@@ -60,7 +63,8 @@ def _ema(raw: list[float], decay: float, every: int = 1) -> list[float]:
 
 
 def test_validation_and_the_end_use_the_average_and_training_the_raw_weights():
-    module = _fit([WeightEMA(0.9)])
+    assert issubclass(WarmupEMA, WeightAveraging)
+    module = _fit([WarmupEMA(0.9)])
     expected = _ema(module.raw_after_step, 0.9)
     # Warm-up: the first updates use (1 + u) / (10 + u) = 0.1, 0.18, ... below 0.9.
     assert expected[0] == pytest.approx(0.9 * module.raw_after_step[0])
@@ -73,23 +77,27 @@ def test_validation_and_the_end_use_the_average_and_training_the_raw_weights():
     assert float(module.weight.detach()) == pytest.approx(expected[-1], abs=1e-6)
 
 
-def test_best_weights_keep_the_average_they_validated():
-    best = BestWeights("val/score")
-    module = _fit([best, WeightEMA(0.5)], epochs=4)
+def test_the_best_checkpoint_holds_the_average_it_validated(tmp_path):
+    best = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/score", mode="max", save_top_k=1)
+    module = _fit([best, WarmupEMA(0.5)], epochs=4)
     scores = [-abs(v - 1.5) for v in module.validated_with]
-    assert best.best_epoch == scores.index(max(scores))
-    assert float(module.weight.detach()) == pytest.approx(module.validated_with[best.best_epoch], abs=1e-6)
+    checkpoint = torch.load(best.best_model_path, weights_only=False)
+    # Not the last epoch: the average went past 1.5, so the checkpoint is not just the final weights.
+    assert checkpoint["epoch"] == scores.index(max(scores)) < 3
+    assert float(checkpoint["state_dict"]["weight"]) == pytest.approx(module.validated_with[checkpoint["epoch"]])
+    # The raw weights of that epoch are kept beside the average (Lightning's resumable format).
+    assert float(checkpoint["current_model_state"]["weight"]) != pytest.approx(float(checkpoint["state_dict"]["weight"]))
 
 
 def test_decay_out_of_range_is_refused():
     with pytest.raises(ValueError, match="decay"):
-        WeightEMA(1.0)
+        WarmupEMA(1.0)
     with pytest.raises(ValueError, match="interval"):
-        WeightEMA(0.9, every=0)
+        WarmupEMA(0.9, every=0)
 
 
 def test_sparser_updates_keep_the_time_horizon():
-    module = _fit([WeightEMA(0.5, every=2)])
+    module = _fit([WarmupEMA(0.5, every=2)])
     expected = _ema(module.raw_after_step, 0.5, every=2)
     # Updates after steps 2, 4, 6 with decay min(0.5 ** 2, warm-up) = 0.1, 0.18, 0.25.
     assert expected[1] == pytest.approx(0.9 * module.raw_after_step[1])
@@ -104,7 +112,7 @@ def test_update_interval_scales_with_the_weights():
 
 
 def test_without_warmup_the_average_starts_at_the_initial_weights():
-    module = _fit([WeightEMA(0.9, warmup=False)])
+    module = _fit([WarmupEMA(0.9, warmup=False)])
     average, expected = 0.0, []
     for value in module.raw_after_step:
         average = 0.9 * average + 0.1 * value
