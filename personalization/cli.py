@@ -10,6 +10,7 @@ Examples::
     pe show-user u0000042               # a user's serving rows
     pe versions / pe rollback           # serving versions, instant rollback
     pe serving-roles                    # the apps' read-only role on PostgreSQL (setup)
+    pe serve                            # the read API for apps on 127.0.0.1:8000 (keys: $PE_API_KEYS)
     pe config                           # the effective configuration
     pe airflow-env                      # exports for `airflow standalone` with this project
     pe airflow-setup                    # metadata DB and Spark pool, before `airflow standalone`
@@ -171,6 +172,16 @@ def cmd_serving_roles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from personalization.api import create_app
+
+    app = create_app(_config(args), allow_no_auth=args.insecure_no_auth, redis_prefix=args.redis_prefix)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=not args.no_access_log)
+    return 0
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
@@ -284,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("serving-roles", cmd_serving_roles,
         "Create or update the apps' read-only PostgreSQL role (serving.reader_role; password from "
         "$PE_APP_READER_PASSWORD). Every publish does it too; run it once at setup.")
+    serve = add("serve", cmd_serve, "Serve the read API for apps over HTTP (API keys from $PE_API_KEYS).")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--insecure-no-auth", action="store_true", help="serve without API keys (local development)")
+    serve.add_argument("--redis-prefix", default="pe", help="key prefix the publishes wrote Redis with (default pe)")
+    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
 
     delete = add("delete-user", cmd_delete_user,
                  "Delete users from every store (lake, serving DB, Redis, models), then verify zero traces.")

@@ -269,6 +269,9 @@ class ServingConfig:
     #: PostgreSQL role apps read through (SELECT on the stable views only), created or repaired on
     #: every publish; its password comes from $PE_APP_READER_PASSWORD, never from configuration.
     reader_role: str = "pe_app_reader"
+    #: URL the read API (``pe serve``) reads with; empty: serving.url on SQLite, and on PostgreSQL
+    #: serving.url's host and database as reader_role (password from $PE_APP_READER_PASSWORD).
+    reader_url: str = ""
 
 
 @dataclass
