@@ -158,7 +158,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_serving_roles(args: argparse.Namespace) -> int:
-    from personalization.serving.db import make_engine
+    from personalization.serving.db import make_engine, publish_lock
     from personalization.serving.roles import ensure_reader_role
 
     config = _config(args)
@@ -166,7 +166,8 @@ def cmd_serving_roles(args: argparse.Namespace) -> int:
         raise ValueError("serving.reader_role is empty: no reader role to set up")
     engine = make_engine(config.serving_url)
     try:
-        _print_json(ensure_reader_role(engine, role=config.serving.reader_role))
+        with publish_lock(engine):  # its GRANT/REVOKE must not race a publish's DDL
+            _print_json(ensure_reader_role(engine, role=config.serving.reader_role))
     finally:
         engine.dispose()
     return 0

@@ -216,8 +216,8 @@ def publish(
     engine = make_engine(config.serving_url)
     try:
         migrate(engine)
-        _ensure_reader(config, engine)
-        with publish_lock(engine):
+        with publish_lock(engine):  # role DDL too: GRANT/REVOKE must not race a build's DDL
+            _ensure_reader(config, engine)
             result = _publish_locked(config, engine, date, tables, model_version, variant_info, expectations)
         result["redis"] = _redis_sync(config, engine, result["version"], redis_prefix)
         return result
@@ -332,8 +332,8 @@ def rollback(config: Config, version: int | None = None, *, redis_prefix: str = 
     engine = make_engine(config.serving_url)
     try:
         migrate(engine)
-        _ensure_reader(config, engine)
         with publish_lock(engine):
+            _ensure_reader(config, engine)
             with write_transaction(engine) as connection:
                 live = current_version(connection)
                 kept = {
