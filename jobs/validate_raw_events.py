@@ -498,6 +498,25 @@ def run_expectations(
 
 
 # ------------------------------------------------------------------------ main
+#: A staging folder untouched this long was left by a crashed run (a validation takes minutes);
+#: removed by the next validation of any date, as it holds raw records (personal data).
+STALE_STAGING_HOURS = 12.0
+
+
+def _remove_stale_staging(spark: SparkSession, root: str, max_age_hours: float) -> list[str]:
+    """Delete the ``landing_date=*/run=*`` folders under ``root`` older than ``max_age_hours``; returns them."""
+    fs, pattern = io._fs_path(spark, f"{root}/landing_date=*/run=*")
+    cutoff_ms = (dt.datetime.now(dt.timezone.utc).timestamp() - max_age_hours * 3600) * 1000
+    removed = []
+    for status in fs.globStatus(pattern) or []:
+        if status.getModificationTime() < cutoff_ms:
+            fs.delete(status.getPath(), True)
+            removed.append(str(status.getPath()))
+    if removed:
+        log.info("removed staging folders of crashed runs: %s", removed)
+    return removed
+
+
 def main(config: Config, date: str, spark: SparkSession | None = None, run_expectations_suites: bool = True) -> dict:
     """Validate landing date ``date``; return paths, counts and the bad rate (JSON-able).
 
@@ -515,6 +534,7 @@ def main(config: Config, date: str, spark: SparkSession | None = None, run_expec
     events_table = lake.silver("events")
     # Unique per run: another run's scratch (concurrent, or left by a crash) is never this one's.
     staging = lake.silver(f"_staging/validate/landing_date={landing}/run={uuid.uuid4().hex}")
+    _remove_stale_staging(spark, lake.silver("_staging/validate"), STALE_STAGING_HOURS)
 
     key = lake_key(config)  # None: pseudonymisation is off, the lake keeps the app's ids
     raw_users = read_raw_reference(spark, lake.raw_users(), schemas["raw_users"], landing)

@@ -4,7 +4,7 @@ Before the lock, a second ``pe`` for the same date deleted
 ``silver/_staging/validate/...`` under the first, which died with Spark's "file
 does not exist". Now the second exits at once (status 75) naming the holder, and
 the staging folders are unique per run, so a run killed mid-way (``kill -9``) leaves
-nothing that breaks the next one.
+nothing that breaks the next one (its folder, which holds raw records, is swept once old).
 """
 
 from __future__ import annotations
@@ -92,8 +92,13 @@ def test_two_pe_processes_on_one_lake(tmp_path: Path) -> None:
               "Spark to write the staging folder", first)
     os.killpg(first.pid, signal.SIGKILL)
     first.communicate(timeout=60)
-    leftover = sorted(path.name for path in staging.iterdir())
-    assert len(leftover) == 1 and leftover[0].startswith("run=")  # the crashed run's own folder
+    crashed = list(staging.iterdir())
+    assert len(crashed) == 1 and crashed[0].name.startswith("run=")  # the crashed run's own folder
+    # Another run's fresh folder (junk to this one) stays; the crashed one, once old, is swept (raw records).
+    (staging / "run=another").mkdir()
+    (staging / "run=another" / "part-0.parquet").write_bytes(b"not parquet")
+    old = time.time() - 13 * 3600
+    os.utime(crashed[0], (old, old))
 
     rerun = subprocess.run([str(PE), *stage], env=_env(root), cwd=root, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-6000:]
@@ -101,7 +106,7 @@ def test_two_pe_processes_on_one_lake(tmp_path: Path) -> None:
     injected = json.loads((lake / "raw" / "_manifests" / f"date={date}" / "injected.json").read_text())["injected"]
     assert {k: v for k, v in report["by_reason"].items() if v} == {k: v for k, v in injected.items() if v}
     assert json.loads(rerun.stdout[rerun.stdout.index("{"):])["quarantined"] == sum(injected.values())
-    assert sorted(path.name for path in staging.iterdir()) == leftover  # the rerun cleaned up after itself
+    assert [path.name for path in staging.iterdir()] == ["run=another"]  # the rerun removed its own too
 
 
 def test_local_lake_copies_of_ended_runs_are_removed(tmp_path: Path) -> None:
