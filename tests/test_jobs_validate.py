@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -250,7 +249,9 @@ def test_threshold_failure_writes_report_then_raises(spark, lake):
     assert (report["status"], report["quarantined"]) == ("failed", 14)
     # a rejected batch leaves silver events untouched
     assert _rows(_events(spark, root), C.EVENT_ID) == events_before
-    assert not os.path.exists(root / "lake" / "silver" / "_staging" / "validate" / f"landing_date={D2}")
+    # the run's own staging folder (one per run, under landing_date=D) is removed: no scratch file is left
+    staging = root / "lake" / "silver" / "_staging" / "validate"
+    assert [path for path in staging.rglob("*") if path.is_file()] == []
 
 
 def test_assign_reasons_pure_transform(spark):
