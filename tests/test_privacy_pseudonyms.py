@@ -176,7 +176,7 @@ def test_serving_shows_the_apps_ids_and_data_rights_find_either_id(tmp_config: C
 
     result = delete_users(tmp_config, ["u2"], "dpo")
     assert result["by_user"]["u2"] == {"raw": 2, "silver": 2, "quarantine": 0, "gold": 4, "lake_other": 1,
-                                       "serving_db": 2, "redis": 0, "mlflow": 0}
+                                       "serving_db": 2, "redis": 0, "mlflow": 0, "run_records": 0}
     mapping = pq.read_table(lake / "silver" / "user_pseudonyms" / f"date={DATE}").to_pylist()
     assert mapping == [{"user_id": _hmac_id(u), "app_user_id": u} for u in ("u1", "u3")]
     assert _live_user_ids(tmp_config) == ["u1", "u1", "u3", "u3"]
