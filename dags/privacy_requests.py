@@ -60,7 +60,8 @@ DEFAULT_ARGS = {
     },
 )
 def privacy_requests():
-    @task
+    # The requests name users: keep their ids out of the task logs (XCom still passes them on).
+    @task(show_return_value_in_logs=False)
     def validate_request(**context) -> dict:
         """Check the params before any store is touched; returns the normalised request."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -87,7 +88,7 @@ def privacy_requests():
             # A bad request stays bad: fail without retries.
             raise AirflowFailException(str(error)) from None
 
-    @task
+    @task(show_return_value_in_logs=False)
     def process(request: dict) -> dict:
         """Run the request; returns counts and paths only (no exported data)."""
         from personalization import data_rights
@@ -107,7 +108,7 @@ def privacy_requests():
                     "counts": result["delete"]["counts"] if result["delete"] else {}}
         return {**request}
 
-    @task
+    @task(show_return_value_in_logs=False)
     def verify(outcome: dict) -> dict:
         """Deleted users must be found nowhere; exports must exist. Fails the run otherwise."""
         from airflow.sdk.exceptions import AirflowFailException
