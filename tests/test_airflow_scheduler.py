@@ -35,7 +35,7 @@ BARE_PATH = "/usr/local/bin:/usr/bin:/bin"
 def _user_env(root: Path, **extra: str) -> dict[str, str]:
     """A shell's environment without this project's settings and without the venv on PATH."""
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PE_", "AIRFLOW", "VIRTUAL_ENV"))}
+           if not key.startswith(("PE_", "AIRFLOW", "VIRTUAL_ENV", "PYSPARK_"))}
     env.update(PATH=BARE_PATH, PE_ROOT=str(root), **extra)
     return env
 
@@ -144,7 +144,8 @@ def test_training_without_training_pairs_fails_with_what_is_missing(tmp_config: 
 
 # ------------------------------------------------------------------ the real scheduler
 #: The whole scheduled run, bounded: a stuck task (a missing pool, a hung component) fails the test.
-DEADLINE_S = 1500
+#: About 6 minutes on an idle 2-core machine; a slower or shared one can raise it.
+DEADLINE_S = int(os.environ.get("PE_TEST_AIRFLOW_DEADLINE_S", "1500"))
 #: Fewest models and clusters: the test is about the scheduler route, not quality.
 SETTINGS = {"PE_SEGMENTS__K_MIN": "2", "PE_SEGMENTS__K_MAX": "3", "PE_SPARK__MASTER": "local[2]",
             "PE_SPARK__SHUFFLE_PARTITIONS": "2", "PE_SPARK__DRIVER_MEMORY": "1g", "OMP_NUM_THREADS": "2"}
@@ -280,8 +281,9 @@ def standalone(tmp_path: Path) -> Iterator[tuple[Api, Config, Path]]:
                     AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME="0.5",
                     AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL="5")
     config = load_config(environ=env)
-    # Four landing dates at once, none validated: the fresh lake of a new checkout.
-    generate_world(config, progress=False, preset=dataclasses.replace(SCALE_PRESETS["tiny"], days=4))
+    # Three landing dates at once, none validated: the fresh lake of a new checkout. The run for the
+    # last trains on the first (the last features.validation_days=2 days are the validation split).
+    generate_world(config, progress=False, preset=dataclasses.replace(SCALE_PRESETS["tiny"], days=3))
     log = tmp_path / "standalone.log"
     with log.open("wb") as output:
         # --old-file: never reinstall the venv from inside a test, whatever the timestamps say.
@@ -334,6 +336,8 @@ def test_the_nightly_dag_runs_on_a_fresh_lake_under_the_real_scheduler(standalon
     tasks = api.tasks(nightly, run["dag_run_id"])
     assert {task: ti["state"] for task, ti in tasks.items()} == dict.fromkeys(tasks, "success")
     assert {task: ti["try_number"] for task, ti in tasks.items()} == dict.fromkeys(tasks, 1)
+    # The executor the scheduler ran them with: as many workers as cores, not Airflow's 32.
+    assert f"executor=LocalExecutor(parallelism={max(2, os.cpu_count() or 2)})" in log.read_text(errors="replace")
 
     # The unpause started a scheduled run for the newest schedule tick, a day with no landed data:
     # it fails in check_params, once, saying which dates landed; nothing else runs.
