@@ -9,7 +9,7 @@ export PE_ROOT := $(CURDIR)
 export OMP_NUM_THREADS ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install run test test-fast lint generate benchmark benchmark-pipeline airflow-standalone jobs-zip clean clean-var
+.PHONY: help install run serve test test-fast lint generate benchmark benchmark-pipeline airflow-standalone jobs-zip clean clean-var
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-20s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ install: $(STAMP) ## Create .venv and install the pinned dependencies
 
 run: $(STAMP) ## Generate the default world when missing and run the nightly DAG for its latest date
 	$(BIN)/pe run
+
+serve: $(STAMP) ## Serve the read API for apps on 127.0.0.1:8000 (keys from PE_API_KEYS; SERVE_ARGS=--insecure-no-auth to try it)
+	$(BIN)/pe serve $(SERVE_ARGS)
 
 test: $(STAMP) ## Run the test suite (PostgreSQL/Redis tests skip locally when absent, run in CI)
 	$(BIN)/python -m pytest

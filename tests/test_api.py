@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +21,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from personalization.api.launch import PE, free_port, serve_subprocess
 from personalization.serving.db import make_engine
 from personalization.serving.publish import publish
 from tests.services import REDIS_URL
@@ -40,7 +37,6 @@ from tests.test_serving import (  # noqa: F401 - the PostgreSQL and Redis fixtur
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PE = str(Path(sys.executable).parent / "pe")
 KEY = "test-key-0123456789abcdef"
 AUTH = {"X-API-Key": KEY}
 START_TIMEOUT_S = 60
@@ -69,12 +65,6 @@ def _drop_role(url: str, role: str) -> None:
         engine.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _env(tmp_path: Path, backend: dict[str, str], **extra: str) -> dict[str, str]:
     """A clean environment for `pe serve`: no inherited PE_* settings, then this test's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PE_")}
@@ -84,45 +74,13 @@ def _env(tmp_path: Path, backend: dict[str, str], **extra: str) -> dict[str, str
     return env
 
 
-@contextlib.contextmanager
-def api_server(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[str]:
-    """``pe serve`` on a free loopback port until the block ends; yields its base URL."""
-    port = _free_port()
-    log_path = tmp_path / f"api-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([PE, "serve", "--port", str(port), "--no-access-log", *args], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"pe serve exited {process.returncode}: {log_path.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code in (200, 503):
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"pe serve did not answer in {START_TIMEOUT_S} s: {log_path.read_text()}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+def api_server(tmp_path: Path, env: dict[str, str], *args: str) -> contextlib.AbstractContextManager[str]:
+    """``pe serve`` (its own process) on a free loopback port until the block ends; yields its base URL."""
+    return serve_subprocess(env, args, tmp_path, cwd=ROOT, timeout_s=START_TIMEOUT_S)
 
 
 def config_for(tmp_path: Path, backend: dict[str, str], **serving: Any) -> Any:
     return make_config(tmp_path, backend["url"], reader_role=backend["role"], **serving)
-
-
-def without(body: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in keys}
 
 
 def item(rank: int, app_id: str, score: float, reason: str | None, reason_app_id: str | None = None,
@@ -253,7 +211,7 @@ def test_auth_refusal_and_id_validation(tmp_path: Path) -> None:
     # No key configured: refuse to start, with the reason.
     env = _env(tmp_path, backend)
     env.pop("PE_API_KEYS")
-    refused = subprocess.run([PE, "serve", "--port", str(_free_port())], cwd=ROOT, env=env, capture_output=True,
+    refused = subprocess.run([PE, "serve", "--port", str(free_port())], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2
     assert "error: no API key: set PE_API_KEYS=key1,key2 (at least 16 characters each)" in refused.stderr
@@ -263,7 +221,21 @@ def test_nothing_published_is_503_and_insecure_mode_needs_no_key(tmp_path: Path)
     backend = {"url": f"sqlite:///{tmp_path / 'serving.db'}", "role": ""}
     env = _env(tmp_path, backend)
     env.pop("PE_API_KEYS")
+    database = tmp_path / "serving.db"
     with api_server(tmp_path, env, "--insecure-no-auth") as base, httpx.Client(base_url=base) as client:
+        # No database file yet: the API does not create one.
+        health = client.get("/health")
+        assert (health.status_code, health.json()) == (503, {
+            "status": "unavailable", "database": f"missing: no serving database at {database} (nothing published yet)",
+            "redis": "off", "auth": "off"})
+        response = client.get("/v1/users/u1/home")
+        assert (response.status_code, response.json()) == (
+            503, {"detail": f"nothing published yet: no serving database at {database}"})
+        assert not database.exists()
+        # A database without a version yet.
+        from personalization.serving.migrations import migrate
+
+        migrate(backend["url"])
         assert client.get("/health").json() == {"status": "ok", "database": "ok", "redis": "off", "auth": "off"}
         response = client.get("/v1/users/u1/home")
         assert (response.status_code, response.json()) == (
@@ -302,7 +274,7 @@ def test_redis_first_then_database(tmp_path: Path, request: pytest.FixtureReques
                 store.delete(key)
             assert client.get("/v1/users/u1/home").json() == {**home, "source": "database"}
         # Redis down: the database answers, health says degraded.
-        env["PE_SERVING__REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"
+        env["PE_SERVING__REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
         with api_server(tmp_path, env) as base, httpx.Client(base_url=base, headers=AUTH) as client:
             assert client.get("/health").json()["status"] == "degraded"
             assert client.get("/v1/users/u1/home").json() == {**home, "source": "database"}
@@ -374,3 +346,22 @@ def test_no_mixed_versions_during_publishes(backend: dict[str, str], tmp_path: P
     assert problems == []
     for versions in seen:
         assert len(versions) > 5 and versions == sorted(versions) and versions[-1] == 3, versions
+
+
+# ------------------------------------------------------------------ Compose
+def test_compose_runs_the_api_as_the_read_only_role() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    api = compose["services"]["api"]
+    assert api["entrypoint"] == ["pe", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert api["ports"] == ["8000:8000"] and api["image"] == compose["x-project"]["image"]
+    assert set(api["depends_on"]) == {"serving-db", "redis"}
+    # Its own environment (not the project's): the reader role's password and the keys, no writer or lake secrets.
+    assert api["environment"] == {
+        "PE_ROOT": "/opt/personalization", "PE_SERVING__URL": "postgresql://pe_writer@serving-db:5432/serving",
+        "PE_SERVING__REDIS_URL": "redis://redis:6379/0", "PE_SERVING__READER_ROLE": "pe_app_reader",
+        "PE_APP_READER_PASSWORD": "${PE_APP_READER_PASSWORD:?set in .env}",
+        "PE_API_KEYS": "${PE_API_KEYS:?set in .env (comma-separated, 16+ characters each)}"}
+    # The publishing side sets the same password on the role.
+    assert compose["x-project"]["environment"]["PE_APP_READER_PASSWORD"] == "${PE_APP_READER_PASSWORD:?set in .env}"

@@ -79,16 +79,17 @@ def _checked(validate, value: str) -> str:
         raise HTTPException(status_code=422, detail=str(error)) from None
 
 
-def valid_user_id(user_id: Annotated[str, Path(description="the app's user id: letters, digits, _ and -, 1-64")]
-                  ) -> str:
+# The dependencies are ``async def``: they only compute, and each sync one would cost a thread-pool hop.
+async def valid_user_id(
+        user_id: Annotated[str, Path(description="the app's user id: letters, digits, _ and -, 1-64")]) -> str:
     return _checked(validate_user_id, user_id)
 
 
-def valid_app_id(app_id: Annotated[str, Path(description="app id: letters, digits, _ and -, 1-64")]) -> str:
+async def valid_app_id(app_id: Annotated[str, Path(description="app id: letters, digits, _ and -, 1-64")]) -> str:
     return _checked(validate_app_id, app_id)
 
 
-def valid_region(region: Annotated[str | None, Query(
+async def valid_region(region: Annotated[str | None, Query(
         description="the user's region (e.g. US-CA), used only when the user was not scored")] = None) -> str | None:
     return None if region is None else _checked(lambda value: validate_id(value, "region"), region)
 
@@ -137,7 +138,7 @@ def create_app(
                     "from one serving version (`version`). Send an API key in the `X-API-Key` header.",
     )
     app.state.store = store
-    def require_key(key: Annotated[str | None, Security(KEY_HEADER)]) -> None:
+    async def require_key(key: Annotated[str | None, Security(KEY_HEADER)]) -> None:
         if not encoded:
             return
         # Compare with every key in constant time, so timing tells nothing about a near miss.

@@ -217,6 +217,9 @@ class ServingStore:
     def __init__(self, db_url: sa.URL, redis_url: str = "", redis_prefix: str = "pe", pool_size: int = 16):
         self.engine = reader_engine(db_url, pool_size)
         self.dialect = db_url.get_backend_name()
+        #: SQLite file: connecting would create an empty one, so a missing file is "nothing published".
+        self.sqlite_file = db_url.database if self.dialect == "sqlite" and db_url.database not in (None, "", ":memory:") \
+            else None
         self.redis_prefix = redis_prefix
         self.redis = None
         if redis_url:
@@ -243,8 +246,13 @@ class ServingStore:
             self.redis.close()
 
     # ------------------------------------------------------------- plumbing
+    def _missing_file(self) -> bool:
+        return self.sqlite_file is not None and not os.path.exists(self.sqlite_file)
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        if self._missing_file():
+            raise NothingPublished(f"nothing published yet: no serving database at {self.sqlite_file}")
         with self.engine.connect() as connection, connection.begin():
             yield connection
 
@@ -436,11 +444,15 @@ class ServingStore:
     def health(self) -> dict[str, str]:
         """``{"database": "ok" | error, "redis": "ok" | "off" | error}``."""
         try:
+            if self._missing_file():
+                raise FileNotFoundError(self.sqlite_file)
             with self.engine.connect() as connection:
                 connection.execute(sa.text("SELECT 1"))
             database = "ok"
         except sa.exc.DBAPIError as error:
             database = f"unreachable: {type(error.orig).__name__}"
+        except FileNotFoundError:
+            database = f"missing: no serving database at {self.sqlite_file} (nothing published yet)"
         if self.redis is None:
             redis_state = "off"
         else:
