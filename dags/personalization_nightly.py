@@ -6,17 +6,20 @@ For the run's date `D` (the logical date, or the `date` param of a manual run):
 1. **validate_raw_events**: read the landing partition `raw/events/date=D`, validate it with
    Great Expectations, write clean events to `silver/events` and bad records to
    `silver/quarantine` with a reason code; fail when the bad-record rate passes the threshold.
-2. **recompute_late_partitions**: events that arrived late (event date before `D`) make earlier
+2. **build_daily_aggregates**: fold the event dates the landing touched (its date, its late
+   events' dates, the days a late consent change restates) into per-day aggregates
+   (`gold/daily_*`), the input of profiles, features and popularity.
+3. **recompute_late_partitions**: events that arrived late (event date before `D`) make earlier
    `gold/profiles` and feature partitions stale; the newest `validation.recompute_late_max_days`
    of them are rebuilt with what has landed by `D`, the rest are reported.
-3. **build_profiles**, **build_segments**, **build_features**: Spark jobs writing `gold/*/date=D`.
-4. **train_models**: every configured model, one MLflow parent run with a nested run per model.
-5. **evaluate_and_promote**: the champion/challenger gate on validation NDCG@10 and guardrails
+4. **build_profiles**, **build_segments**, **build_features**: Spark jobs writing `gold/*/date=D`.
+5. **train_models**: every configured model, one MLflow parent run with a nested run per model.
+6. **evaluate_and_promote**: the champion/challenger gate on validation NDCG@10 and guardrails
    (a run for a date before the live champion's data is judged against the champion as of that
    date and never moves the live alias, so reruns and backfills are idempotent).
-6. **score_users**: every active user, scored by the champion (loaded by alias), with business
+7. **score_users**: every active user, scored by the champion (loaded by alias), with business
    rules, consent, diversity, explanations, surfaces and insights.
-7. **publish_serving** then **validate_serving**: an atomic version switch in the serving DB.
+8. **publish_serving** then **validate_serving**: an atomic version switch in the serving DB.
 
 Every task overwrites the partition of `D`, so clearing and rerunning a date is safe, and
 `airflow backfill create --dag-id personalization_nightly --from-date A --to-date B` rebuilds a range.
@@ -72,6 +75,8 @@ JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
 #: The Spark stages, in order, with the assets each one updates.
 SPARK_TASKS = (
     ("validate_raw_events", [SILVER_EVENTS, SILVER_QUARANTINE]),
+    # Folds the event dates tonight's landing touched into gold/daily_* (profiles and features read them).
+    ("build_daily_aggregates", []),
     # Restates earlier profile/feature partitions that tonight's late events touched.
     ("recompute_late_partitions", [GOLD_PROFILES, GOLD_USER_FEATURES]),
     ("build_profiles", [GOLD_PROFILES]),

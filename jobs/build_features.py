@@ -40,11 +40,12 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from jobs import build_daily_aggregates as A
 from jobs import columns as C
 from jobs import io
 from jobs.build_profiles import decay_weight
 from jobs.consent import consented_events
-from jobs.inputs import read_consent_changes, read_events_window, read_snapshot
+from jobs.inputs import read_consent_changes, read_events_window, read_snapshot, window_start
 from jobs.spark import get_spark
 from personalization.config import Config
 from personalization.lake import Lake, check_date
@@ -85,12 +86,17 @@ def installer_popularity(events: DataFrame, as_of: str, days: int, half_life_day
     """
     day = _date(as_of)
     first = dt.date.fromisoformat(as_of) - dt.timedelta(days=days - 1)
+    rows = events.where((F.col(C.EVENT_TYPE) == "install") & F.col(C.EVENT_DATE).between(_date(first.isoformat()), day))
+    return _decayed_installers(rows, as_of, half_life_days)
+
+
+def _decayed_installers(installs: DataFrame, as_of: str, half_life_days: float) -> DataFrame:
+    """``app_id``, ``pop``: each (app, user) of ``installs`` weighted by the age of its latest ``event_date``."""
     return (
-        events.where((F.col(C.EVENT_TYPE) == "install") & F.col(C.EVENT_DATE).between(_date(first.isoformat()), day))
-        .groupBy(C.APP_ID, C.USER_ID)
+        installs.groupBy(C.APP_ID, C.USER_ID)
         .agg(F.max(C.EVENT_DATE).alias("_last"))
         .groupBy(C.APP_ID)
-        .agg(F.sum(decay_weight(F.datediff(day, F.col("_last")), half_life_days)).alias("pop"))
+        .agg(F.sum(decay_weight(F.datediff(_date(as_of), F.col("_last")), half_life_days)).alias("pop"))
     )
 
 
@@ -113,8 +119,15 @@ def text_vectors(apps: DataFrame, dim: int = TEXT_DIM) -> DataFrame:
 
 def build_app_features(apps: DataFrame, events: DataFrame, as_of: str, half_life_days: float) -> DataFrame:
     """App features as of ``as_of`` from the catalogue snapshot and consented events."""
-    pop7 = installer_popularity(events, as_of, 7, half_life_days).withColumnRenamed("pop", C.POP_7D)
-    pop30 = installer_popularity(events, as_of, 30, half_life_days).withColumnRenamed("pop", C.POP_30D)
+    pop7 = installer_popularity(events, as_of, 7, half_life_days)
+    pop30 = installer_popularity(events, as_of, 30, half_life_days)
+    return app_features_with_popularity(apps, pop7, pop30, as_of)
+
+
+def app_features_with_popularity(apps: DataFrame, pop7: DataFrame, pop30: DataFrame, as_of: str) -> DataFrame:
+    """App features from the catalogue snapshot and the 7/30-day installer popularity (``app_id``, ``pop``)."""
+    pop7 = pop7.withColumnRenamed("pop", C.POP_7D)
+    pop30 = pop30.withColumnRenamed("pop", C.POP_30D)
     return (
         apps.join(pop7, C.APP_ID, "left")
         .join(pop30, C.APP_ID, "left")
@@ -295,6 +308,36 @@ def build_interactions(
         .withColumn(C.WEIGHT, F.lit(1.0))
         .withColumn(C.LABEL, F.lit(0))
     )
+    positive_events = (
+        events.where(F.col(C.EVENT_TYPE).isin(*POSITIVE_EVENTS) & F.col(C.APP_ID).isNotNull())
+        .withColumn("_weight", positive_weight())
+        .where(F.col("_weight") > 0)
+        .join(consenting_users.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
+        .select(C.USER_ID, F.col(C.TS).alias("_t_ts"), F.lit(1).alias("_is_event"))
+    )
+    example_keys = (
+        positives.unionByName(negatives).select(*keys, F.col(C.EVENT_TS).alias("_t_ts"), F.lit(0).alias("_is_event"))
+    )
+    timeline = Window.partitionBy(C.USER_ID).orderBy("_t_ts", "_is_event").rowsBetween(
+        Window.unboundedPreceding, Window.currentRow
+    )
+    prior = (
+        example_keys.unionByName(positive_events, allowMissingColumns=True)
+        .withColumn(C.USER_PRIOR_POSITIVES, F.sum("_is_event").over(timeline))
+        .where(F.col("_is_event") == 0)
+        .select(*keys, C.USER_PRIOR_POSITIVES)
+    )
+    return _label_examples(positives, negatives, daily_installers(events), prior, popularity_half_life_days)
+
+
+def _label_examples(
+    positives: DataFrame, negatives: DataFrame, daily: DataFrame, prior: DataFrame, popularity_half_life_days: float
+) -> DataFrame:
+    """Interactions from positives and negatives (keys, ``event_ts``, ``_context``, ``weight``, ``label``).
+
+    ``daily``: installers per (app, day) of the loaded history; ``prior``: ``user_prior_positives`` per key.
+    """
+    keys = [C.USER_ID, C.APP_ID, C.SPLIT]
     examples = positives.unionByName(negatives)
 
     train_pairs = positives.where(F.col(C.SPLIT) == "train").select(C.USER_ID, C.APP_ID).withColumn("_t", F.lit(True))
@@ -304,7 +347,7 @@ def build_interactions(
 
     # Point in time, app side: installers on the 7 days strictly before the example's date.
     example_day = F.to_date(F.col(C.EVENT_TS))
-    daily = daily_installers(events).alias("d")
+    daily = daily.alias("d")
     dated = examples.withColumn("_day", example_day).alias("x")
     pop = (
         dated.join(
@@ -322,26 +365,8 @@ def build_interactions(
         )
     )
     examples = examples.join(pop, keys, "left")
-
-    # Point in time, user side: running count of the user's positive events strictly before event_ts
+    # Point in time, user side: the user's positive events strictly before event_ts
     # (examples sort before events at the same instant), over the loaded history (window + 7 days).
-    positive_events = (
-        events.where(F.col(C.EVENT_TYPE).isin(*POSITIVE_EVENTS) & F.col(C.APP_ID).isNotNull())
-        .withColumn("_weight", positive_weight())
-        .where(F.col("_weight") > 0)
-        .join(consenting_users.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
-        .select(C.USER_ID, F.col(C.TS).alias("_t_ts"), F.lit(1).alias("_is_event"))
-    )
-    example_keys = examples.select(*keys, F.col(C.EVENT_TS).alias("_t_ts"), F.lit(0).alias("_is_event"))
-    timeline = Window.partitionBy(C.USER_ID).orderBy("_t_ts", "_is_event").rowsBetween(
-        Window.unboundedPreceding, Window.currentRow
-    )
-    prior = (
-        example_keys.unionByName(positive_events, allowMissingColumns=True)
-        .withColumn(C.USER_PRIOR_POSITIVES, F.sum("_is_event").over(timeline))
-        .where(F.col("_is_event") == 0)
-        .select(*keys, C.USER_PRIOR_POSITIVES)
-    )
     examples = examples.join(prior, keys, "left")
 
     return examples.select(
@@ -370,10 +395,17 @@ def build_popularity(
     event (install, purchase, app_open). A user's region is used only with
     location consent; every user counts in the ``global`` region.
     """
+    used = events.where(F.col(C.EVENT_TYPE).isin("install", "purchase", "app_open") & F.col(C.APP_ID).isNotNull())
+    return _popularity_of(used, users, apps, as_of, half_life_days, min_group_size)
+
+
+def _popularity_of(
+    used: DataFrame, users: DataFrame, apps: DataFrame, as_of: str, half_life_days: float, min_group_size: int
+) -> DataFrame:
+    """Popularity from (``user_id``, ``app_id``, ``event_date``) rows of positive use (see :func:`build_popularity`)."""
     day = _date(as_of)
     latest = (
-        events.where(F.col(C.EVENT_TYPE).isin("install", "purchase", "app_open") & F.col(C.APP_ID).isNotNull())
-        .groupBy(C.USER_ID, C.APP_ID)
+        used.groupBy(C.USER_ID, C.APP_ID)
         .agg(F.max(C.EVENT_DATE).alias("_last"))
         .withColumn("_w", decay_weight(F.datediff(day, F.col("_last")), half_life_days))
         .join(F.broadcast(apps.select(C.APP_ID, C.CATEGORY)), C.APP_ID)
@@ -396,6 +428,100 @@ def build_popularity(
     )
 
 
+# ------------------------------------------------------ from daily aggregates
+def build_app_features_from_aggregates(
+    apps: DataFrame, daily: A.DailyAggregates, as_of: str, window_days: int, half_life_days: float
+) -> DataFrame:
+    """:func:`build_app_features` from the daily aggregates (installs over the window's last 7/30 days)."""
+    window = daily.between(window_start(as_of, window_days), as_of)
+    installs = window.user_app.where(F.col(A.INSTALLS) > 0)
+    pops = [
+        _decayed_installers(installs.where(F.col(C.EVENT_DATE) >= _date(window_start(as_of, days))), as_of,
+                            half_life_days)
+        for days in (7, 30)
+    ]
+    return app_features_with_popularity(apps, pops[0], pops[1], as_of)
+
+
+def build_popularity_from_aggregates(
+    daily: A.DailyAggregates,
+    users: DataFrame,
+    apps: DataFrame,
+    as_of: str,
+    window_days: int,
+    half_life_days: float,
+    min_group_size: int,
+) -> DataFrame:
+    """:func:`build_popularity` from the daily aggregates of the window."""
+    window = daily.between(window_start(as_of, window_days), as_of).user_app
+    used = window.where((F.col(A.INSTALLS) + F.col(A.PURCHASES) + F.col(A.OPENS)) > 0)
+    return _popularity_of(used, users, apps, as_of, half_life_days, min_group_size)
+
+
+def build_interactions_from_aggregates(
+    daily: A.DailyAggregates,
+    consenting_users: DataFrame,
+    as_of: str,
+    window_days: int,
+    validation_days: int,
+    popularity_half_life_days: float,
+) -> DataFrame:
+    """:func:`build_interactions` from the daily aggregates.
+
+    Args:
+        daily: aggregates of the window and the ``ASOF_POPULARITY_DAYS`` days before it (the
+            loaded history of the from-scratch path).
+    """
+    loaded_from = window_start(as_of, window_days + ASOF_POPULARITY_DAYS)
+    history = daily.between(loaded_from, as_of)
+    consenting = consenting_users.select(C.USER_ID).distinct()
+    in_window = history.between(window_start(as_of, window_days), as_of).user_app.join(
+        consenting, C.USER_ID, "left_semi")
+    keys = [C.USER_ID, C.APP_ID, C.SPLIT]
+    split = split_of(F.col(C.EVENT_DATE), as_of, validation_days)
+    # The example's first event: its time, context, day and the user's positives of that day before it.
+    first = F.struct(F.col("_ts"), F.col("_context"), F.col(C.EVENT_DATE), F.col("_prior"))
+
+    def examples(ts: str, context: str, prior: str, weight: Column | None) -> DataFrame:
+        rows = in_window.where(F.col(ts).isNotNull()).select(
+            C.USER_ID, C.APP_ID, C.EVENT_DATE, split.alias(C.SPLIT), F.col(ts).alias("_ts"),
+            F.col(context).alias("_context"), F.col(prior).alias("_prior"),
+            (weight if weight is not None else F.lit(None).cast("double")).alias("_weight"),
+        )
+        return rows.groupBy(*keys).agg(F.sum("_weight").alias(C.WEIGHT), F.min(first).alias("_first"))
+
+    positives = examples(A.POS_TS, A.POS_CONTEXT, A.POS_PRIOR, F.col(A.POS_WEIGHT)).withColumn(C.LABEL, F.lit(1))
+    negatives = (
+        examples(A.NEG_TS, A.NEG_CONTEXT, A.NEG_PRIOR, None)
+        .join(positives.select(*keys), keys, "left_anti")  # a positive wins over an ignored impression
+        .withColumn(C.WEIGHT, F.lit(1.0))
+        .withColumn(C.LABEL, F.lit(0))
+    )
+    both = positives.unionByName(negatives)
+    # Positives of the user on the loaded days before the example's day, plus that day's before it.
+    earlier = history.user.join(consenting, C.USER_ID, "left_semi").select(
+        C.USER_ID, F.col(C.EVENT_DATE).alias("_day"), A.N_POSITIVES)
+    running = Window.partitionBy(C.USER_ID).orderBy("_day").rowsBetween(Window.unboundedPreceding, -1)
+    earlier = earlier.select(C.USER_ID, "_day", F.coalesce(F.sum(A.N_POSITIVES).over(running), F.lit(0)).alias("_before"))
+    prior = (
+        both.select(*keys, F.col("_first")[C.EVENT_DATE].alias("_day"), F.col("_first._prior").alias("_within"))
+        .join(earlier, [C.USER_ID, "_day"], "left")
+        .select(*keys, (F.coalesce(F.col("_within"), F.lit(0)) + F.coalesce(F.col("_before"), F.lit(0)))
+                .cast("long").alias(C.USER_PRIOR_POSITIVES))
+    )
+    daily_installs = (
+        history.user_app.where(F.col(A.INSTALLS) > 0)
+        .groupBy(C.APP_ID, F.col(C.EVENT_DATE).alias("day"))
+        .agg(F.count(F.lit(1)).alias("installers"))
+    )
+
+    def shaped(frame: DataFrame) -> DataFrame:
+        return frame.select(
+            *keys, C.WEIGHT, F.col("_first._ts").alias(C.EVENT_TS), F.col("_first._context").alias("_context"), C.LABEL)
+
+    return _label_examples(shaped(positives), shaped(negatives), daily_installs, prior, popularity_half_life_days)
+
+
 # -------------------------------------------------------------------- main
 def main(config: Config, date: str, spark: SparkSession | None = None, known_by: str | None = None) -> dict:
     """Build the four feature tables of ``date``; return their paths and row counts.
@@ -412,6 +538,8 @@ def main(config: Config, date: str, spark: SparkSession | None = None, known_by:
         raise FileNotFoundError(f"gold/profiles/date={as_of} is missing: run build_profiles first")
     segments = io.read_partition(spark, lake.gold("segments"), "date", as_of)
     window_days = config.profiles.window_days
+    if config.profiles.source == "aggregates":
+        return _main_from_aggregates(config, as_of, spark, known_by, users, apps, profiles, segments)
     raw_events = read_events_window(spark, lake, as_of, window_days + ASOF_POPULARITY_DAYS, known_by)
     if raw_events is None:
         from jobs.build_profiles import _empty_events_schema
@@ -436,13 +564,38 @@ def main(config: Config, date: str, spark: SparkSession | None = None, known_by:
                 window_events, users, apps, as_of, half_life, config.features.min_group_size
             ),
         }
-        result: dict = {"date": as_of}
-        for name, table in tables.items():
-            path = io.write_partition(table, lake.gold(name), "date", as_of)
-            result[f"{name}_path"] = path
-            result[f"{name}_rows"] = spark.read.parquet(path).count()
+        result = _write_tables(spark, lake, as_of, tables)
     finally:
         io.delete_path(spark, scratch)
+    log.info("features %s: %s", as_of, result)
+    return result
+
+
+def _write_tables(spark: SparkSession, lake: Lake, as_of: str, tables: dict[str, DataFrame]) -> dict:
+    result: dict = {"date": as_of}
+    for name, table in tables.items():
+        path = io.write_partition(table, lake.gold(name), "date", as_of)
+        result[f"{name}_path"] = path
+        result[f"{name}_rows"] = spark.read.parquet(path).count()
+    return result
+
+
+def _main_from_aggregates(config: Config, as_of: str, spark: SparkSession, known_by: str | None, users: DataFrame,
+                          apps: DataFrame, profiles: DataFrame, segments: DataFrame | None) -> dict:
+    """The four tables from the daily aggregates of the window and the 7 days before it."""
+    window_days = config.profiles.window_days
+    half_life = config.features.popularity_half_life_days
+    daily = A.read_window(spark, config, as_of, window_days + ASOF_POPULARITY_DAYS, known_by)
+    consenting = users.where(F.col(C.CONSENT_BEHAVIORAL)).select(C.USER_ID)
+    result = _write_tables(spark, Lake(config), as_of, {
+        "app_features": build_app_features_from_aggregates(apps, daily, as_of, window_days, half_life),
+        "user_features": build_user_features(profiles, segments, window_days),
+        "interactions": build_interactions_from_aggregates(
+            daily, consenting, as_of, window_days, config.features.validation_days, half_life),
+        "popularity": build_popularity_from_aggregates(
+            daily, users, apps, as_of, window_days, half_life, config.features.min_group_size),
+    })
+    result["source"] = "aggregates"
     log.info("features %s: %s", as_of, result)
     return result
 

@@ -25,10 +25,11 @@ from typing import Callable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs import build_daily_aggregates as A
 from jobs import columns as C
 from jobs import io
 from jobs.consent import consented_events
-from jobs.inputs import read_consent_changes, read_events_window, read_snapshot
+from jobs.inputs import read_consent_changes, read_events_window, read_snapshot, window_start
 from jobs.spark import get_spark
 from personalization.config import Config
 from personalization.lake import Lake, check_date
@@ -60,6 +61,12 @@ BEHAVIOUR_INPUT_COLUMNS = (
     C.USER_ID, C.EVENT_ID, C.EVENT_TYPE, C.APP_ID, C.TS, C.EVENT_DATE, C.SESSION_ID, C.LOCAL_HOUR,
     C.LOCAL_WEEKDAY, C.DURATION_S, C.AMOUNT, C.RATING_VALUE, C.QUERY, "_age", "_w", C.CATEGORY, "_price",
     C.CONTENT_TYPE,
+)
+
+
+#: Type of ``app_usage`` (one struct per opened app, most decayed minutes first).
+APP_USAGE_TYPE = (
+    "array<struct<app_id:string,sessions:bigint,minutes:double,decayed_minutes:double,last_used:timestamp>>"
 )
 
 
@@ -177,7 +184,36 @@ def build_profiles(
             ).alias("_last_change"),
         )
     )
-    apps_level = (
+    apps_level = _apps_level(per_app)
+
+    category_weight = F.coalesce(
+        F.when(_is("rating") & (F.coalesce(F.col(C.RATING_VALUE), F.lit(0)) < 4), F.lit(0.0)),
+        F.create_map(*[F.lit(x) for pair in CATEGORY_EVENT_WEIGHTS.items() for x in pair])[F.col(C.EVENT_TYPE)],
+        F.lit(0.0),
+    )
+    per_category = (
+        behaviour.where(F.col(C.CATEGORY).isNotNull())
+        .groupBy(C.USER_ID, C.CATEGORY)
+        .agg(
+            F.sum(category_weight * F.col("_w")).alias("_score"),
+            F.sum(_is("app_view").cast("long")).alias("_views"),
+        )
+    )
+    categories = _category_maps(per_category)
+
+    terms = _top_terms(
+        behaviour.where(_is("search") & F.col(C.QUERY).isNotNull())
+        .select(C.USER_ID, "_w", F.explode(F.split(F.lower(F.col(C.QUERY)), r"[^\p{L}\p{N}]+")).alias("_term"))
+        .where(F.length("_term") >= MIN_TERM_LENGTH)
+        .groupBy(C.USER_ID, "_term")
+        .agg(F.sum("_w").alias("_score"))
+    )
+    return assemble_profiles(users, (user_level, apps_level, categories, terms))
+
+
+def _apps_level(per_app: DataFrame) -> DataFrame:
+    """``app_usage`` and ``installed_apps`` from (user, app, sessions, minutes, decayed_minutes, last_used, _last_change)."""
+    return (
         per_app.groupBy(C.USER_ID)
         .agg(
             F.collect_list(
@@ -200,20 +236,10 @@ def build_profiles(
         )
     )
 
-    category_weight = F.coalesce(
-        F.when(_is("rating") & (F.coalesce(F.col(C.RATING_VALUE), F.lit(0)) < 4), F.lit(0.0)),
-        F.create_map(*[F.lit(x) for pair in CATEGORY_EVENT_WEIGHTS.items() for x in pair])[F.col(C.EVENT_TYPE)],
-        F.lit(0.0),
-    )
-    per_category = (
-        behaviour.where(F.col(C.CATEGORY).isNotNull())
-        .groupBy(C.USER_ID, C.CATEGORY)
-        .agg(
-            F.sum(category_weight * F.col("_w")).alias("_score"),
-            F.sum(_is("app_view").cast("long")).alias("_views"),
-        )
-    )
-    categories = per_category.groupBy(C.USER_ID).agg(
+
+def _category_maps(per_category: DataFrame) -> DataFrame:
+    """``views_by_category`` and ``category_scores`` from (user, category, ``_score``, ``_views``)."""
+    return per_category.groupBy(C.USER_ID).agg(
         F.map_from_entries(
             F.collect_list(F.when(F.col("_views") > 0, F.struct(C.CATEGORY, "_views")))
         ).alias(C.VIEWS_BY_CATEGORY),
@@ -229,19 +255,24 @@ def build_profiles(
         .alias(C.CATEGORY_SCORES),
     )
 
-    terms = (
-        behaviour.where(_is("search") & F.col(C.QUERY).isNotNull())
-        .select(C.USER_ID, "_w", F.explode(F.split(F.lower(F.col(C.QUERY)), r"[^\p{L}\p{N}]+")).alias("_term"))
-        .where(F.length("_term") >= MIN_TERM_LENGTH)
-        .groupBy(C.USER_ID, "_term")
-        .agg(F.sum("_w").alias("_score"))
-        .groupBy(C.USER_ID)
+
+def _top_terms(scores: DataFrame) -> DataFrame:
+    """``top_search_terms`` from (user, ``_term``, decayed ``_score``): highest first, ties by term."""
+    return (
+        scores.groupBy(C.USER_ID)
         .agg(F.array_sort(F.collect_list(F.struct(F.negative("_score").alias("_k"), "_term"))).alias("_t"))
         .select(C.USER_ID, F.transform(F.slice("_t", 1, TOP_TERMS), lambda t: t["_term"]).alias(C.TOP_SEARCH_TERMS))
     )
 
+
+def assemble_profiles(users: DataFrame, parts: tuple[DataFrame, ...]) -> DataFrame:
+    """Profiles (``PROFILE_COLUMNS``) from the users snapshot and the per-user behaviour parts.
+
+    ``parts`` hold ``user_id`` and the behaviour columns (plus ``_paid_install``, ``_opens``,
+    ``_n7``, ``_n21``); a user without a row in a part is a cold start for its columns.
+    """
     profiles = users
-    for part in (user_level, apps_level, categories, terms):
+    for part in parts:
         profiles = profiles.join(part, C.USER_ID, "left")
 
     allowed = F.coalesce(F.col(C.CONSENT_BEHAVIORAL), F.lit(False))
@@ -249,9 +280,7 @@ def build_profiles(
     empty_map = F.create_map().cast("map<string,double>")
     behaviour_values: dict[str, Column] = {
         C.N_EVENTS: F.coalesce(F.col(C.N_EVENTS), F.lit(0)),
-        C.APP_USAGE: F.coalesce(
-            F.col(C.APP_USAGE), F.array().cast(apps_level.schema[C.APP_USAGE].dataType)
-        ),
+        C.APP_USAGE: F.coalesce(F.col(C.APP_USAGE), F.array().cast(APP_USAGE_TYPE)),
         C.INSTALLED_APPS: F.coalesce(F.col(C.INSTALLED_APPS), F.array().cast("array<string>")),
         C.PURCHASE_COUNT: F.coalesce(F.col(C.PURCHASE_COUNT), F.lit(0)),
         C.PURCHASE_REVENUE: F.coalesce(F.col(C.PURCHASE_REVENUE), F.lit(0.0)),
@@ -301,16 +330,127 @@ def build_profiles(
     )
 
 
+def build_profiles_from_aggregates(
+    daily: A.DailyAggregates,
+    users: DataFrame,
+    apps: DataFrame,
+    as_of: str,
+    window_days: int,
+    half_life_days: float,
+) -> DataFrame:
+    """Profiles as of ``as_of`` from the window's daily aggregates; same columns as :func:`build_profiles`.
+
+    Args:
+        daily: aggregates of (at least) the ``window_days`` event dates ending ``as_of``
+            (``jobs.build_daily_aggregates.read_window``); other dates are ignored.
+        users, apps: silver snapshots of ``as_of``.
+
+    Counts, dates and sets equal :func:`build_profiles`' exactly; float sums within
+    ``build_daily_aggregates.FLOAT_RELATIVE_TOLERANCE`` (see that module).
+    """
+    day = F.lit(check_date(as_of)).cast("date")
+    window = daily.between(window_start(as_of, window_days), as_of)
+    age = F.datediff(day, F.col(C.EVENT_DATE))
+    weight = decay_weight(age, half_life_days)
+    n_active = F.col(A.N_ACTIVE)
+
+    days = window.user.withColumn("_age", age).withColumn("_w", weight)
+    age = F.col("_age")
+    entries = F.col("_days")
+    total_weight = F.aggregate(entries, F.lit(0.0), lambda acc, x: acc + x["n"] * x["w"])
+
+    def histogram(key: str, size: int) -> Column:
+        """Decayed share of active events per bucket; null when no weight."""
+        return F.when(
+            total_weight > 0,
+            F.transform(
+                F.sequence(F.lit(0), F.lit(size - 1)),
+                lambda k: F.aggregate(entries, F.lit(0.0), lambda acc, x: acc + x[key][k] * x["w"]) / total_weight,
+            ),
+        )
+
+    user_level = days.groupBy(C.USER_ID).agg(
+        F.sum(n_active).alias(C.N_EVENTS),
+        F.sum(A.N_PURCHASES).alias(C.PURCHASE_COUNT),
+        F.coalesce(F.sum(A.REVENUE), F.lit(0.0)).alias(C.PURCHASE_REVENUE),
+        F.max(A.LAST_PURCHASE_TS).alias(C.LAST_PURCHASE_TS),
+        F.coalesce(F.max(A.MAX_PURCHASE), F.lit(0.0)).alias(C.MAX_PRICE_PAID),
+        F.sum(A.N_NOTIFICATIONS).alias(C.NOTIFICATIONS_SENT),
+        F.sum(A.N_NOTIFICATION_OPENS).alias("_opens"),
+        F.datediff(day, F.max(F.when(n_active > 0, F.col(C.EVENT_DATE)))).alias(C.RECENCY_DAYS),
+        F.size(F.array_distinct(F.flatten(F.collect_list(A.SESSIONS)))).cast("long").alias(C.FREQUENCY),
+        *[
+            F.count(F.when((n_active > 0) & (age < days_), F.lit(1))).alias(name)
+            for days_, name in ((7, C.ACTIVE_DAYS_7), (30, C.ACTIVE_DAYS_30), (90, C.ACTIVE_DAYS_90))
+        ],
+        F.sum(F.when(age < 7, n_active).otherwise(F.lit(0))).cast("long").alias("_n7"),
+        F.sum(F.when(age.between(7, 27), n_active).otherwise(F.lit(0))).cast("long").alias("_n21"),
+        F.collect_list(
+            F.struct(n_active.alias("n"), F.col(A.HOUR_COUNTS).alias("h"), F.col(A.WEEKDAY_COUNTS).alias("d"),
+                     F.col("_w").alias("w"))
+        ).alias("_days"),
+    )
+    user_level = user_level.withColumn(C.HOUR_HISTOGRAM, histogram("h", 24)).withColumn(
+        C.WEEKDAY_HISTOGRAM, histogram("d", 7)
+    ).drop("_days")
+
+    catalogue = apps.select(C.APP_ID, C.CATEGORY, F.col(C.PRICE).alias("_price"), C.CONTENT_TYPE)
+    pairs = window.user_app.withColumn("_w", weight).join(F.broadcast(catalogue), C.APP_ID, "left")
+    per_app = pairs.groupBy(C.USER_ID, C.APP_ID).agg(
+        F.sum(A.OPENS).alias("sessions"),
+        (F.coalesce(F.sum(A.OPEN_SECONDS), F.lit(0.0)) / 60.0).alias("minutes"),
+        (F.coalesce(F.sum(F.col(A.OPEN_SECONDS) * F.col("_w")), F.lit(0.0)) / 60.0).alias("decayed_minutes"),
+        F.max(A.LAST_OPEN_TS).alias("last_used"),
+        F.max(A.LAST_CHANGE)[C.EVENT_TYPE].alias("_last_change"),
+    )
+    apps_level = _apps_level(per_app)
+    used = (F.col(A.INSTALLS) + F.col(A.OPENS) + F.col(A.PURCHASES)) > 0
+    apps_used = pairs.groupBy(C.USER_ID).agg(
+        F.max((F.col(A.INSTALLS) > 0) & (F.col("_price") > 0)).cast("int").alias("_paid_install"),
+        F.array_sort(F.collect_set(F.when(used, F.col(C.CONTENT_TYPE)))).alias(C.CONTENT_TYPES),
+    )
+
+    category_points = (
+        F.col(A.VIEWS) * CATEGORY_EVENT_WEIGHTS["app_view"]
+        + F.col(A.OPENS) * CATEGORY_EVENT_WEIGHTS["app_open"]
+        + F.col(A.INSTALLS) * CATEGORY_EVENT_WEIGHTS["install"]
+        + F.col(A.PURCHASES) * CATEGORY_EVENT_WEIGHTS["purchase"]
+        + F.col(A.GOOD_RATINGS) * CATEGORY_EVENT_WEIGHTS["rating"]
+    )
+    per_category = (
+        pairs.where(F.col(C.CATEGORY).isNotNull())
+        .groupBy(C.USER_ID, C.CATEGORY)
+        .agg(F.sum(category_points * F.col("_w")).alias("_score"), F.sum(A.VIEWS).alias("_views"))
+    )
+    categories = _category_maps(per_category)
+
+    terms = _top_terms(
+        window.user_terms.withColumn("_w", weight).groupBy(C.USER_ID, A.TERM)
+        .agg(F.sum(F.col(A.N_TERM) * F.col("_w")).alias("_score"))
+        .withColumnRenamed(A.TERM, "_term")
+    )
+    return assemble_profiles(users, (user_level, apps_level, apps_used, categories, terms))
+
+
 def main(config: Config, date: str, spark: SparkSession | None = None, known_by: str | None = None) -> dict:
     """Build ``gold/profiles/date=D``; return its path and row count.
 
     ``known_by`` (default D): use events landed up to that date, to restate D with late arrivals.
+    ``profiles.source`` chooses the input: the window's daily aggregates or its raw events.
     """
     as_of = check_date(date)
     spark = spark or get_spark(config, "build_profiles")
     lake = Lake(config)
     users = read_snapshot(spark, lake, "users", as_of)
     apps = read_snapshot(spark, lake, "apps", as_of)
+    if config.profiles.source == "aggregates":
+        daily = A.read_window(spark, config, as_of, config.profiles.window_days, known_by)
+        profiles = build_profiles_from_aggregates(
+            daily, users, apps, as_of, config.profiles.window_days, config.profiles.half_life_days)
+        path = io.write_partition(profiles, lake.gold("profiles"), "date", as_of)
+        rows = spark.read.parquet(path).count()
+        log.info("profiles %s: %d users (from daily aggregates)", as_of, rows)
+        return {"date": as_of, "profiles_path": path, "rows": rows, "source": "aggregates"}
     events = read_events_window(spark, lake, as_of, config.profiles.window_days, known_by)
     if events is None:  # no events at all yet: every user is a cold start
         events = spark.createDataFrame([], _empty_events_schema(spark, lake))

@@ -12,7 +12,8 @@ Each nightly partition is built from what had landed by its own night (``known_b
 = its date), so a rerun of that night reproduces it. :func:`stale_dates` finds the
 existing partitions that late events touch; :func:`recompute` restates the newest
 ``validation.recompute_late_max_days`` of them with what has landed by tonight
-(``known_by`` = D): profiles, then features, each an overwrite of one date partition,
+(``known_by`` = D): the daily aggregates of the late dates (``build_daily_aggregates``,
+with ``profiles.source: aggregates``), then profiles, then features, each an overwrite of one date partition,
 and reports the rest as stale-but-kept, so the cost per night stays bounded.
 Segments are not rebuilt: segment ids are matched night to night against the previous
 night's centroids, and rewriting history would re-label users behind the apps' backs.
@@ -28,7 +29,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from jobs import build_features, build_profiles, io
+from jobs import build_daily_aggregates, build_features, build_profiles, io
 from jobs.io import list_partitions
 from jobs.spark import get_spark
 from personalization.config import Config
@@ -77,6 +78,9 @@ def recompute(config: Config, date: str, late_event_dates: Sequence[str], spark:
     limit = max(0, int(config.validation.recompute_late_max_days))
     recomputed = stale[len(stale) - limit:] if limit else []
     skipped = [value for value in stale if value not in recomputed]
+    if recomputed and config.profiles.source == "aggregates":
+        # The late dates' aggregates first (a no-op when build_daily_aggregates ran tonight).
+        build_daily_aggregates.main(config, date, spark=spark)
     for value in recomputed:
         log.info("late arrivals: recomputing profiles and features of %s", value)
         build_profiles.main(config, value, spark=spark, known_by=date)

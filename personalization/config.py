@@ -79,11 +79,19 @@ class ValidationConfig:
     recompute_late_max_days: int = 7
 
 
+#: Inputs of profiles, features and popularity (``profiles.source``).
+PROFILE_SOURCES = ("aggregates", "events")
+
+
 @dataclass
 class ProfileConfig:
     window_days: int = 90
     #: Half-life of the exponential time decay, in days.
     half_life_days: float = 14.0
+    #: What profiles, features and popularity are computed from: ``aggregates`` (the window's
+    #: per-day aggregates, jobs/build_daily_aggregates.py) or ``events`` (the window's raw
+    #: events, from scratch: the reference the aggregates are tested against).
+    source: str = "aggregates"
 
 
 @dataclass
@@ -481,4 +489,6 @@ def load_config(
         apply_overrides(config, overrides)
     if config.generator.scale not in SCALES:
         raise ValueError(f"generator.scale must be one of {SCALES}, got {config.generator.scale!r}")
+    if config.profiles.source not in PROFILE_SOURCES:
+        raise ValueError(f"profiles.source must be one of {PROFILE_SOURCES}, got {config.profiles.source!r}")
     return config

@@ -23,6 +23,7 @@ log = logging.getLogger("personalization.pipeline")
 
 STAGES = (
     "validate_raw_events",
+    "build_daily_aggregates",
     "recompute_late_partitions",
     "build_profiles",
     "build_segments",
@@ -45,23 +46,27 @@ SERVING_TABLES = (
 )
 
 #: Stages whose work is Spark's: with ``spark.s3a_enabled`` they read and write ``s3a://`` directly.
-SPARK_STAGES = ("validate_raw_events", "recompute_late_partitions", "build_profiles", "build_segments",
-                "build_features")
+SPARK_STAGES = ("validate_raw_events", "build_daily_aggregates", "recompute_late_partitions", "build_profiles",
+                "build_segments", "build_features")
 _TRAINING_INPUTS = tuple(f"gold/{table}/date={{date}}"
                          for table in ("interactions", "app_features", "user_features", "segments"))
 _PSEUDONYMS = "silver/user_pseudonyms/date={date}"
+#: The daily aggregates (jobs/build_daily_aggregates.py), their state and what validation reported.
+_DAILY = ("gold/daily_user", "gold/daily_user_app", "gold/daily_user_terms", "gold/daily_aggregates_state",
+          "reports/validation")
 #: Lake prefixes each stage reads (``{date}`` is the run's date). When the lake is in object
 #: storage and the stage cannot read it directly, they are copied to a local work directory
 #: first (personalization.staging). A stage not listed gets the silver and gold zones.
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "validate_raw_events": ("raw/events/date={date}", "raw/users", "raw/apps", "silver/events",
                             "reports/gx", "reports/data_docs"),
+    "build_daily_aggregates": ("silver/events", "silver/users/date={date}", *_DAILY),
     "recompute_late_partitions": ("reports/validation/date={date}", "silver/events", "silver/users", "silver/apps",
-                                  "gold/profiles", "gold/segments"),
-    "build_profiles": ("silver/events", "silver/users/date={date}", "silver/apps/date={date}"),
+                                  "gold/profiles", "gold/segments", *_DAILY),
+    "build_profiles": ("silver/events", "silver/users/date={date}", "silver/apps/date={date}", *_DAILY),
     "build_segments": ("gold/profiles/date={date}", "gold/segment_centroids"),
     "build_features": ("silver/events", "silver/users/date={date}", "silver/apps/date={date}",
-                       "gold/profiles/date={date}", "gold/segments/date={date}"),
+                       "gold/profiles/date={date}", "gold/segments/date={date}", *_DAILY),
     "train_models": _TRAINING_INPUTS,
     "evaluate_and_promote": _TRAINING_INPUTS,
     "score_users": ("silver/events", "silver/users/date={date}", "silver/apps/date={date}",
@@ -163,6 +168,13 @@ def ingest_pending_landing_dates(config: Config, date: str) -> list[str]:
         log.info("ingesting earlier landing date %s before %s", day, date)
         validate_raw_events(config, day)
     return pending
+
+
+def build_daily_aggregates(config: Config, date: str) -> dict[str, Any]:
+    """Fold the event dates that tonight's landing touched into the per-day aggregates."""
+    from jobs import build_daily_aggregates as job
+
+    return _timed("build_daily_aggregates", config, date, lambda: job.main(config, date))
 
 
 def recompute_late_partitions(config: Config, date: str) -> dict[str, Any]:

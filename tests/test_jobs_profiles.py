@@ -13,7 +13,8 @@ from pyspark.sql import functions as F
 
 from jobs import build_profiles as P
 from jobs import columns as C
-from jobs.consent import with_behavioral_consent
+from jobs.build_daily_aggregates import aggregate_events
+from jobs.consent import consented_events, with_behavioral_consent
 
 AS_OF = "2026-10-29"
 EVENT_SCHEMA = (
@@ -88,15 +89,23 @@ USERS = [
 APPS = [("g1", "games", 0.0, "game"), ("t1", "tools", 4.99, "app")]
 
 
-@pytest.fixture(scope="module")
-def profiles(spark):
+@pytest.fixture(scope="module", params=["events", "aggregates"])
+def profiles(spark, request):
+    """The same expectations hold from the raw events and from their daily aggregates."""
     events = spark.createDataFrame(EVENTS, EVENT_SCHEMA)
     users = spark.createDataFrame(USERS, USER_SCHEMA)
     apps = spark.createDataFrame(APPS, "app_id string, category string, price double, content_type string")
     changes = events.where(F.col(C.EVENT_TYPE) == "consent_change").select(
         C.USER_ID, C.TS, C.EVENT_ID, C.CONSENT_TYPE, C.CONSENT_VALUE
     )
-    result = P.build_profiles(events, users, apps, changes, AS_OF, 90, 14.0)
+    if request.param == "events":
+        result = P.build_profiles(events, users, apps, changes, AS_OF, 90, 14.0)
+    else:
+        # the silver columns the aggregates read, absent from this hand-made table
+        events = events.withColumn(C.DAYTIME, F.lit(None).cast("string")).withColumn(
+            C.DEVICE_CLASS, F.lit(None).cast("string"))
+        daily = aggregate_events(consented_events(events, users, changes))
+        result = P.build_profiles_from_aggregates(daily, users, apps, AS_OF, 90, 14.0)
     return {row[C.USER_ID]: row.asDict(recursive=True) for row in result.collect()}, result.columns
 
 

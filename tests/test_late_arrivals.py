@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from jobs import build_profiles
@@ -49,6 +52,9 @@ def test_late_purchase_is_recomputed_into_the_earlier_profile(spark, tmp_path) -
     result = recompute_late_partitions(config, D2, spark=spark)  # reads the validation report of D2
     assert result == {"date": D2, "late_event_dates": [D1], "stale": [D1], "recomputed": [D1], "skipped": []}
     assert _purchases(spark, config, D1) == {"u1": 0, "u2": 1}
+    # The late date's daily aggregates were restated first, with what had landed by D2.
+    folded = json.loads(Path(f"{config.lake_root}/gold/daily_aggregates_state/folded/event_date={D1}.json").read_text())
+    assert folded == {"event_date": D1, "known_by": D2}
     assert spark.read.parquet(f"{config.lake_root}/gold/user_features/date={D1}").count() == 2
 
     # bounded: with the limit at 0 the stale date is reported and left alone
