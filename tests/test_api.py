@@ -27,6 +27,7 @@ from personalization.serving.publish import publish
 from tests.services import REDIS_URL
 from tests.test_serving import (  # noqa: F401 - the PostgreSQL and Redis fixtures
     DATE,
+    INSIGHTS,
     REC,
     SIMILAR,
     make_config,
@@ -144,8 +145,8 @@ FALLBACK_REC = [  # u3, u4: no behavioural consent, location consent in US-CA; u
     ("u4", "for_you", 2, "a7", 0.8, "Popular in US-CA", None),
     ("u4", "for_you", 3, "a8", 0.7, "Popular on the store", None),
 ]
-FALLBACK_INSIGHTS = [
-    (user, "casual", 10.0, 0.5, 0.0, '{"tools": 1.0}', "none", 8, "push", 1) for user in ("u1", "u2", "u3", "u4")]
+FALLBACK_INSIGHTS = [  # u5: inactive, so insights but no lists
+    (user, "casual", 10.0, 0.5, 0.0, '{"tools": 1.0}', "none", 8, "push", 1) for user in ("u1", "u2", "u3", "u4", "u5")]
 
 
 def test_unscored_user_gets_the_regional_popular_fallback(backend: dict[str, str], tmp_path: Path) -> None:
@@ -169,6 +170,11 @@ def test_unscored_user_gets_the_regional_popular_fallback(backend: dict[str, str
         assert client.get("/v1/users/newbie/recommendations",
                           params={"region": "US-CA", "limit": 2, "surface": "for_you"}).json() == {
             **fallback, "surface": "for_you", "reason": "not_scored: Popular in US-CA", "items": us_ca[:2]}
+        # An inactive user has insights but no lists: the fallback too.
+        inactive = client.get("/v1/users/u5/home", params={"region": "US-CA"}).json()
+        assert inactive == {**fallback, "user_id": "u5", "reason": "not_scored: Popular in US-CA",
+                            "surfaces": {"for_you": us_ca}}
+        assert client.get("/v1/users/u5/insights").json()["insights"]["segment"] == "casual"
         # A scored user's own list, whatever region is asked.
         own = client.get("/v1/users/u3/home", params={"region": "FR-75"}).json()
         assert (own["personalized"], own["reason"], [i["app_id"] for i in own["surfaces"]["for_you"]]) == (
@@ -252,7 +258,9 @@ def test_redis_first_then_database(tmp_path: Path, request: pytest.FixtureReques
     prefix = f"pe_api_test_{uuid.uuid4().hex[:10]}"
     try:
         config = config_for(tmp_path, backend, redis_url=REDIS_URL, redis_ttl_seconds=600)
-        publish(config, DATE, write_world(tmp_path, "w1"), "m1", redis_prefix=prefix)
+        inactive = ("u5", "casual", 1.0, 0.5, 0.0, '{"tools": 1.0}', "none", 8, "push", 1)  # insights, no lists
+        publish(config, DATE, write_world(tmp_path, "w1", user_insights=[*INSIGHTS, inactive]), "m1",
+                redis_prefix=prefix)
         env = _env(tmp_path, backend, PE_SERVING__REDIS_URL=REDIS_URL)
         with api_server(tmp_path, env, "--redis-prefix", prefix) as base, \
                 httpx.Client(base_url=base, headers=AUTH) as client:
@@ -269,6 +277,11 @@ def test_redis_first_then_database(tmp_path: Path, request: pytest.FixtureReques
             # Redis holds no key for a user who was not scored: the database answers with the fallback.
             newbie = client.get("/v1/users/newbie/home").json()
             assert (newbie["source"], newbie["personalized"]) == ("database", False)
+            # Redis holds an inactive user's insights but no lists: the database answers /home with the fallback.
+            u5_home = client.get("/v1/users/u5/home").json()
+            assert (u5_home["source"], u5_home["personalized"], u5_home["reason"]) == (
+                "database", False, "not_scored: Popular on the store")
+            assert client.get("/v1/users/u5/insights").json()["source"] == "redis"
             # Keys gone from Redis (expired): the database still answers the same.
             for key in store.scan_iter(match=f"{prefix}:v1:user:*"):
                 store.delete(key)

@@ -230,7 +230,8 @@ class ServingStore:
                                               max_connections=2 * pool_size)
         self.redis_errors = 0
         self._redis_logged_at = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the small caches
+        self._fallback_lock = threading.Lock()  # one fallback computation at a time
         self._fallbacks: dict[int, Fallback] = {}
         self._meta: dict[int, tuple[str | None, str | None]] = {}
         if self.dialect == "sqlite":
@@ -321,19 +322,25 @@ class ServingStore:
 
     def _fallback(self, connection: Connection, version: int) -> Fallback:
         """The version's fallback lists, computed once per version (the caller holds recommendations)."""
-        with self._lock:
+        cached = self._fallbacks.get(version)
+        if cached is not None:
+            return cached
+        with self._fallback_lock:  # not self._lock: answers for scored users go on meanwhile
             cached = self._fallbacks.get(version)
             if cached is None:
-                cached = self._fallbacks[version] = _compute_fallback(connection)
-                for old in sorted(self._fallbacks)[:-CACHED_VERSIONS]:
-                    del self._fallbacks[old]
+                cached = _compute_fallback(connection)
+                with self._lock:
+                    self._fallbacks[version] = cached
+                    for old in sorted(self._fallbacks)[:-CACHED_VERSIONS]:
+                        del self._fallbacks[old]
         return cached
 
     # ------------------------------------------------------------- answers
     def home(self, user_id: str, region: str | None = None) -> dict[str, Any]:
         """Every surface of a user's page (``personalized`` false: the fallback for a user not scored)."""
         payload = self._redis_user(user_id)
-        if payload is not None:
+        # Insights without lists (an inactive user): the database answers, with the fallback.
+        if payload is not None and payload.get("surfaces"):
             return {"version": int(payload["version"]), "model_version": payload.get("model_version"),
                     "generated_for": payload.get("generated_for"), "source": "redis", "user_id": user_id,
                     "personalized": True, "reason": None, "surfaces": _ordered_surfaces(payload["surfaces"])}
