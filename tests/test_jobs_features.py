@@ -81,13 +81,14 @@ def w(days: float) -> float:
     return 0.5 ** (days / 7)
 
 
-@pytest.fixture(scope="module")
-def lake(spark, tmp_path_factory):
+@pytest.fixture(scope="module", params=["aggregates", "events"])
+def lake(spark, tmp_path_factory, request):
+    """The same exact outputs from the daily aggregates (the default) and from the raw events."""
     root = tmp_path_factory.mktemp("features")
     config = load_config(
         overrides={
             "paths": {"root": str(root), "lake_root": str(root / "lake")},
-            "profiles": {"window_days": 10},
+            "profiles": {"window_days": 10, "source": request.param},
             "features": {"validation_days": 2, "popularity_half_life_days": 7.0, "min_group_size": 2},
         },
         environ={},
