@@ -1,19 +1,28 @@
-"""MLflow plumbing: experiment setup, the pyfunc wrapper of a Recommender, and plots.
+"""MLflow plumbing: experiment setup, the pyfunc wrapper of a Recommender, dataset inputs and plots.
 
 A logged model is an MLflow pyfunc whose only artifact is the pickled
 :class:`models.base.Recommender`. Its ``predict`` takes a long table of interaction
 history rows and returns each user's top-k unseen apps, so the model can be served
-or inspected without this project's batch scorer.
+or inspected without this project's batch scorer. The model carries the project code
+its pickle needs (``code/``: the modules of ``models``, ``jobs`` and ``personalization``
+that the pickled classes import, see :func:`model_code_modules`) and pinned pip
+requirements, so ``mlflow.pyfunc.load_model`` works outside this repository too.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import logging
 import os
 import pickle
+import pickletools
+import shutil
 import subprocess
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +31,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from mlflow.data.meta_dataset import MetaDataset as MlflowMetaDataset
 
 from jobs import columns as C
 from models.base import Recommender
@@ -105,12 +115,19 @@ def recommend_from_history(recommender: Recommender, history_rows: pd.DataFrame,
     return pd.DataFrame(out_rows, columns=[C.USER_ID, "rank", C.APP_ID, "score"])
 
 
+#: Distributions the model's code imports at module level (see :func:`model_code_modules`), plus
+#: cloudpickle, which MLflow pickles the pyfunc wrapper with. Lazily imported ones (matplotlib for
+#: plots, pyspark for Spark schemas, PyYAML for config files) are not needed to load and predict.
+MODEL_REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "scipy", "pandas", "torch", "torchmetrics", "pytorch-lightning")
+
+
 def _pip_requirements() -> list[str]:
-    """Pinned requirements of the pyfunc (given explicitly: inferring them costs a subprocess)."""
+    """The model's requirements pinned to the installed versions (the ``constraints.txt`` pins),
+    given explicitly: inferring them costs a subprocess. Local version labels (``+cpu``) are dropped."""
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for package in ("mlflow", "numpy", "scipy", "pandas", "torch", "pytorch-lightning", "cloudpickle"):
+    for package in MODEL_REQUIREMENTS:
         try:
             pins.append(f"{package}=={version(package).split('+')[0]}")
         except PackageNotFoundError:
@@ -125,21 +142,89 @@ def example_history(recommender: Recommender, n_rows: int = 3) -> pd.DataFrame:
     return pd.DataFrame({C.USER_ID: [user] * len(apps), C.APP_ID: [str(a) for a in apps], "weight": [1.0] * len(apps)})
 
 
+#: This project's top-level packages: the part of them a model's pickle needs travels with the model.
+PROJECT_PACKAGES = ("models", "jobs", "personalization")
+
+
+def _project_source(module: str) -> Path | None:
+    """The source file of a project module (``models.cf`` -> ``<root>/models/cf.py``), found without importing it."""
+    if module.split(".")[0] not in PROJECT_PACKAGES:
+        return None
+    base = Path(__file__).resolve().parents[1].joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def pickled_modules(payload: bytes) -> set[str]:
+    """Project modules a pickle refers to (its classes and functions), read from the opcodes."""
+    found = set()
+    for opcode, argument, _ in pickletools.genops(payload):
+        if opcode.name == "GLOBAL":  # protocols 0-3: "module name"
+            argument = str(argument).split(" ")[0]
+        if isinstance(argument, str) and _project_source(argument) is not None:
+            found.add(argument)  # protocols 4+: the module is a string pushed before STACK_GLOBAL
+    return found
+
+
+def model_code_modules(start: Iterable[str]) -> list[str]:
+    """``start`` and every project module they import, at any level, with their parent packages (sorted).
+
+    Read from the sources (``ast``), so imports inside functions count too: ``predict`` may run them.
+    """
+    seen: set[str] = set()
+    pending = list(start)
+    while pending:
+        module = pending.pop()
+        path = _project_source(module)
+        if module in seen or path is None:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        pending += [".".join(parts[:end]) for end in range(1, len(parts))]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                pending += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                pending += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return sorted(seen)
+
+
+def _stage_code(modules: Sequence[str], target: Path) -> list[str]:
+    """Copy the modules' sources under ``target`` as packages; returns the top-level package folders."""
+    root = Path(__file__).resolve().parents[1]
+    for module in modules:
+        source = _project_source(module)
+        assert source is not None
+        destination = target / source.relative_to(root)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    return sorted(str(target / package) for package in {module.split(".")[0] for module in modules})
+
+
 def log_recommender(recommender: Recommender, k: int) -> str:
-    """Log ``recommender`` as a pyfunc in the active run; returns its model URI."""
+    """Log ``recommender`` as a pyfunc in the active run; returns its model URI.
+
+    The model holds the pickled recommender, the project code the pickle needs (``code_paths``:
+    MLflow puts ``code/`` first on ``sys.path`` when it loads the model), pinned requirements,
+    a signature and an input example.
+    """
     from mlflow.models import infer_signature
 
     example = example_history(recommender)
     output = recommend_from_history(recommender, example, k)
     signature = infer_signature(example, output, params={"k": k})
+    payload = pickle.dumps(recommender, protocol=pickle.HIGHEST_PROTOCOL)
+    modules = model_code_modules({*pickled_modules(payload), RecommenderPyfunc.__module__})
     with tempfile.TemporaryDirectory(prefix="recommender-") as tmp:
         path = Path(tmp) / "recommender.pkl"
-        with open(path, "wb") as handle:
-            pickle.dump(recommender, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        path.write_bytes(payload)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN,
             python_model=RecommenderPyfunc(),
             artifacts={RECOMMENDER_ARTIFACT: str(path)},
+            code_paths=_stage_code(modules, Path(tmp) / "code"),
             signature=signature,
             input_example=example,
             pip_requirements=_pip_requirements(),
@@ -148,13 +233,75 @@ def log_recommender(recommender: Recommender, k: int) -> str:
 
 
 def load_recommender(model_uri: str) -> Recommender:
-    """The Recommender inside a logged or registered pyfunc model."""
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().recommender
+    """The Recommender inside a logged or registered pyfunc model, unpickled with this checkout's code.
+
+    Loading puts the model's ``code/`` folder first on ``sys.path`` for good; here the path is
+    restored afterwards, so modules this process imports later come from the checkout, not from
+    a copy of an older model's code. The packages the pickle refers to are already imported here.
+    """
+    saved = list(sys.path)
+    try:
+        return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().recommender
+    finally:
+        sys.path[:] = saved
+
+
+# ------------------------------------------------------------------ dataset inputs
+class TableReference(MlflowMetaDataset):
+    """A lake table partition as an MLflow dataset: source, digest, schema and row count, not the data."""
+
+    def __init__(self, source: Any, name: str, digest: str, schema: Any, num_rows: int):
+        super().__init__(source=source, name=name, digest=digest, schema=schema)
+        self.num_rows = num_rows
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return {"num_rows": self.num_rows}
+
+    def to_dict(self) -> dict[str, str]:
+        import json
+
+        return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+
+def table_reference(path: str, name: str) -> TableReference:
+    """A :class:`TableReference` of the Parquet files under ``path`` (a local path or a URI).
+
+    Reads the Parquet footers only (schema, row counts) and the first rows of one file (the
+    MLflow column types). The digest hashes the files' names, sizes and row counts: a rewritten
+    partition gets a new digest without the data being read.
+    """
+    import pyarrow.parquet as pq
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.models import infer_signature
+
+    dataset = pq.ParquetDataset(path)
+    sizes = dataset.filesystem.get_file_info(dataset.files)
+    counts = [fragment.metadata.num_rows for fragment in dataset.fragments]
+    digest = hashlib.sha256()
+    for info, rows in zip(sizes, counts, strict=True):
+        digest.update(f"{Path(info.path).name}\x00{info.size}\x00{rows}\n".encode())
+    head = dataset.fragments[0].head(100).to_pandas() if dataset.fragments else dataset.schema.empty_table().to_pandas()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's hints about integer columns with missing values
+        schema = infer_signature(head).inputs
+        source = resolve_dataset_source(path)
+    return TableReference(source, name, digest.hexdigest()[:12], schema, int(sum(counts)))
+
+
+def log_training_inputs(references: Sequence[Any]) -> None:
+    """Log dataset references in the active run with context ``training``."""
+    if references:
+        count = len(references)
+        mlflow.log_inputs(list(references), contexts=["training"] * count, tags_list=[None] * count)
 
 
 # ------------------------------------------------------------------ logging helpers
 def log_history(history: Sequence[Mapping[str, float]]) -> None:
-    """Per-epoch metrics of a fit, ``step`` = epoch (or grid point)."""
+    """Per-epoch metrics of a fit, ``step`` = epoch (or grid point).
+
+    For fits outside Lightning (EASE's lambda grid, the blend's weights): Lightning fits log
+    their epochs themselves (:class:`models.lit.EpochMetricsLogger`)."""
     for row in history:
         step = int(row.get("epoch", 0))
         for name, value in row.items():

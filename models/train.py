@@ -54,9 +54,11 @@ from models.tracking import (
     log_params,
     log_recommender,
     log_score_histogram,
+    log_training_inputs,
+    table_reference,
 )
 from personalization.config import Config
-from personalization.lake import check_date
+from personalization.lake import Lake, check_date
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ FITTERS = {
     "content": "models.content:fit_content",
     "blend": "models.ensemble:fit_blend",
 }
+#: The gold tables :func:`models.data.load_training_data` reads (interactions required, the rest optional).
+TRAINING_TABLES = ("interactions", "app_features", "user_features", "segments")
 #: Models trained by gradient descent, which can warm-start and fine-tune incrementally.
 INCREMENTAL_MODELS = ("cf_bpr", "two_tower")
 MODES = ("full", "incremental", "auto")
@@ -114,6 +118,25 @@ def _warm_start_source(config: Config, model_name: str, experiment_id: str) -> t
     return None
 
 
+def training_inputs(config: Config, date: str) -> list[Any]:
+    """MLflow dataset references (source, digest, schema, rows; no data) of the gold tables of ``date``.
+
+    A table without a partition of that date (training ran without it) is left out. A table that
+    cannot be described is left out with a warning: the lineage record must not stop the night's training.
+    """
+    lake = Lake(config)
+    references = []
+    for table in TRAINING_TABLES:
+        path = lake.partition(lake.gold(table), date)
+        if "://" not in path and not os.path.exists(path):
+            continue
+        try:
+            references.append(table_reference(path, f"gold/{table}"))
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            log.warning("could not describe %s for MLflow (%s); not logged as a training input", path, error)
+    return references
+
+
 def _score_sample(recommender: Recommender, data: InteractionData, n_users: int = 256) -> np.ndarray:
     """Scores of up to ``n_users`` validation users (for the score histogram)."""
     rows, _ = evaluation_users(data)
@@ -134,11 +157,13 @@ def _fit_and_log(
     run_name: str,
     tags: dict[str, str],
     fitted: dict[str, Recommender],
+    inputs: list[Any],
 ) -> tuple[str, str, dict[str, Any], FitResult]:
     """Fit one model in a nested run and log everything. Returns (run_id, model_uri, metrics, fit)."""
     k = config.training.k
     with mlflow.start_run(run_name=run_name, nested=True) as run:
         mlflow.set_tags({**tags, "model_name": model_name, "training_mode": mode})
+        log_training_inputs(inputs)
         started = time.perf_counter()
         fit_kwargs: dict[str, Any] = {}
         if model_name in INCREMENTAL_MODELS:
@@ -203,7 +228,7 @@ def train(
         config: the engine configuration (``training``, ``mlflow`` sections).
         date: logical date ``YYYY-MM-DD``; loads the gold tables of that date when
             ``data`` is None (default: the newest interactions partition).
-        data: pre-built training data (tests, benchmarks); skips the lake.
+        data: pre-built training data (tests, benchmarks); skips the lake (and logs no dataset input).
         dag_run_id: Airflow run id for the parent run's tags (default: env
             ``AIRFLOW_CTX_DAG_RUN_ID``).
 
@@ -213,6 +238,7 @@ def train(
         "experiment_id"}``; metric names are ``"ndcg@10"`` style.
     """
     options = model_options(config)
+    from_lake = data is None
     if data is None:
         data = load_training_data(config, date, recent_days=options.incremental_days)
     date = check_date(date or data.date or dt.datetime.now(dt.timezone.utc).date().isoformat())
@@ -261,6 +287,9 @@ def train(
                 "training.mode": config.training.mode,
             }
         )
+        # The gold tables as dataset inputs of the parent and of every model's run (which the registry links to).
+        inputs = training_inputs(config, date) if from_lake else []
+        log_training_inputs(inputs)
         child_tags = {"date": date, "data_version": data_version, "dag_run_id": dag_run_id}
         for model_name in models:
             warm = None
@@ -271,7 +300,7 @@ def train(
             model_dir = str(Path(workdir) / model_name)
             os.makedirs(model_dir, exist_ok=True)
             run_id, uri, model_metrics, fit = _fit_and_log(
-                model_name, data, config, options, mode, warm, model_dir, model_name, child_tags, fitted
+                model_name, data, config, options, mode, warm, model_dir, model_name, child_tags, fitted, inputs
             )
             fitted[model_name] = fit.recommender
             runs[model_name], uris[model_name], metrics[model_name], modes[model_name] = (
@@ -295,6 +324,7 @@ def train(
                     f"{model_name}[full]",
                     {**child_tags, "comparison_of": run_id},
                     fitted,
+                    inputs,
                 )
                 compared[model_name] = {"incremental": model_metrics, "full": full_metrics}
                 for variant, values in compared[model_name].items():
