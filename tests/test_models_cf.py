@@ -156,3 +156,35 @@ def test_epoch_validation_users_are_a_seeded_sample_when_capped(toy) -> None:
     datamodule = BPRDataModule(toy, toy.train, batch_size=4, seed=3, val_max_users=5)
     datamodule.setup()
     assert datamodule.validation.rows.tolist() == sample.rows.tolist()
+
+
+def test_epochs_go_to_the_active_mlflow_run_by_epoch_and_leave_it_open(toy, tmp_path) -> None:
+    """Lightning's MLFlowLogger (EpochMetricsLogger) logs into the run already open; outside a run, nothing."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    config = _config(tmp_path, max_epochs=3)
+    options = ModelOptions(early_stopping_patience=0)
+    outside = fit_cf_bpr(toy, config, options, workdir=str(tmp_path / "outside"))
+    assert outside.history_logged is False and len(outside.history) == 3
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run() as run:
+            fit = fit_cf_bpr(toy, config, options, workdir=str(tmp_path / "inside"))
+            client = MlflowClient()
+            assert client.get_run(run.info.run_id).info.status == "RUNNING"  # the logger did not end it
+        assert fit.history_logged is True
+        assert fit.history == outside.history  # same seed, same epochs: logging changes nothing
+        logged = client.get_metric_history(run.info.run_id, "val/ndcg_at_10")
+        assert [(point.step, point.value) for point in logged] == [
+            (int(row["epoch"]), pytest.approx(row["val/ndcg@10"])) for row in fit.history
+        ]
+        names = set(client.get_run(run.info.run_id).data.metrics)
+        assert names == {"train/loss", "val/ndcg_at_10"}  # no "epoch" metric, no renamed duplicates
+        # The checkpoint is the best epoch's, and best_epoch names it.
+        best = max(range(3), key=lambda epoch: fit.history[epoch]["val/ndcg@10"])
+        assert fit.params["best_epoch"] == best
+        assert torch.load(fit.checkpoint_path, weights_only=False)["epoch"] == best
+    finally:
+        mlflow.set_tracking_uri(previous)
