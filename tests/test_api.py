@@ -145,16 +145,20 @@ FALLBACK_REC = [  # u3, u4: no behavioural consent, location consent in US-CA; u
     ("u4", "for_you", 2, "a7", 0.8, "Popular in US-CA", None),
     ("u4", "for_you", 3, "a8", 0.7, "Popular on the store", None),
 ]
-FALLBACK_INSIGHTS = [  # u5: inactive, so insights but no lists
-    (user, "casual", 10.0, 0.5, 0.0, '{"tools": 1.0}', "none", 8, "push", 1) for user in ("u1", "u2", "u3", "u4", "u5")]
+FALLBACK_INSIGHTS = [  # u5: inactive, so insights but no lists; interests as scoring writes them
+    (user, "casual", 10.0, 0.5, 0.0, '{"tools": 1.0}', "none", 8, "push", 1) for user in ("u1", "u2", "u3", "u4")
+] + [("u5", "casual", 1.0, 0.75, 0.0, '[{"category": "tools", "weight": 0.5}]', "none", 8, "push", 1)]
 
 
 def test_unscored_user_gets_the_regional_popular_fallback(backend: dict[str, str], tmp_path: Path) -> None:
     world = write_world(tmp_path, "w1", recommendations=FALLBACK_REC, user_insights=FALLBACK_INSIGHTS)
     publish(config_for(tmp_path, backend), DATE, world, "m1")
     fallback = {**SERVED, "user_id": "newbie", "personalized": False}
+    # US-CA: a6 shown to both of its users, a2 and a7 to one; topped up with the store-wide list's other apps.
     us_ca = [item(1, "a6", 1.0, "Popular in US-CA", variant=None), item(2, "a2", 0.5, "Popular in US-CA", variant=None),
-             item(3, "a7", 0.5, "Popular in US-CA", variant=None)]
+             item(3, "a7", 0.5, "Popular in US-CA", variant=None),
+             item(4, "a4", 0.5, "Popular on the store", variant=None),
+             item(5, "a8", 0.5, "Popular on the store", variant=None)]
     # u2 and u4 got store-wide picks: each app was shown to one of the two; better mean rank first.
     store = [item(1, "a2", 0.5, "Popular on the store", variant=None),
              item(2, "a4", 0.5, "Popular on the store", variant=None),
@@ -174,7 +178,8 @@ def test_unscored_user_gets_the_regional_popular_fallback(backend: dict[str, str
         inactive = client.get("/v1/users/u5/home", params={"region": "US-CA"}).json()
         assert inactive == {**fallback, "user_id": "u5", "reason": "not_scored: Popular in US-CA",
                             "surfaces": {"for_you": us_ca}}
-        assert client.get("/v1/users/u5/insights").json()["insights"]["segment"] == "casual"
+        assert client.get("/v1/users/u5/insights").json()["insights"]["primary_interests"] == [
+            {"category": "tools", "weight": 0.5}]
         # A scored user's own list, whatever region is asked.
         own = client.get("/v1/users/u3/home", params={"region": "FR-75"}).json()
         assert (own["personalized"], own["reason"], [i["app_id"] for i in own["surfaces"]["for_you"]]) == (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -51,7 +51,8 @@ class Insights(BaseModel):
     engagement_score: float | None = Field(description="0-100")
     churn_risk: float | None = Field(description="0-1")
     lifetime_value: float | None
-    primary_interests: dict[str, float] | None = Field(description="category -> share")
+    primary_interests: list[dict[str, Any]] | dict[str, Any] | None = Field(
+        description="as published: scoring writes [{category, weight}, ...], heaviest first")
     next_best_action: str | None
     best_notification_hour: int | None = Field(description="0-23, the user's local hour")
     notification_channel: str | None

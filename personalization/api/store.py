@@ -149,7 +149,13 @@ class Fallback:
     def pick(self, region: str | None) -> tuple[list[dict[str, Any]], str]:
         """``(items, reason)`` for a user in ``region`` (None: unknown)."""
         if region and self.regional.get(region):
-            return self.regional[region], f"not_scored: Popular in {region}"
+            # Scoring itself tops a short regional list up with store-wide picks; so does this.
+            regional = self.regional[region]
+            seen = {item["app_id"] for item in regional}
+            extra = [item for item in self.store if item["app_id"] not in seen]
+            items = [*regional, *({**item, "rank": rank} for rank, item in
+                                  enumerate(extra, start=len(regional) + 1))][:MAX_LIMIT]
+            return items, f"not_scored: Popular in {region}"
         note = f" (no regional list for {region})" if region else ""
         if self.store:
             return self.store, f"not_scored: Popular on the store{note}"
