@@ -310,14 +310,22 @@ def tagged_world(tmp_path: Path, k: int) -> dict[str, str]:
     return write_world(tmp_path, f"w{k}", recommendations=recommendations, similar_apps=similar)
 
 
-def test_no_mixed_versions_during_publishes(backend: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("via", ["database", "redis"])
+def test_no_mixed_versions_during_publishes(backend: dict[str, str], via: str, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
     """Readers hammer /home and /similar while two publishes switch versions: whole versions, zero errors."""
-    config = config_for(tmp_path, backend, keep_versions=3)
+    redis_url, prefix = "", f"pe_api_test_{uuid.uuid4().hex[:10]}"
+    if via == "redis":
+        redis = request.getfixturevalue("redis_client")  # skips without Redis (fails in CI)
+        redis_url = REDIS_URL
+        request.addfinalizer(lambda: [redis.delete(key) for key in redis.scan_iter(match=f"{prefix}:*")])
+    config = config_for(tmp_path, backend, keep_versions=3, redis_url=redis_url, redis_ttl_seconds=600)
     worlds = [tagged_world(tmp_path, k) for k in (1, 2, 3)]
-    publish(config, DATE, worlds[0], "m1")
+    publish(config, DATE, worlds[0], "m1", redis_prefix=prefix)
     stop = threading.Event()
     problems: list[str] = []
     seen: list[list[int]] = [[] for _ in range(4)]
+    sources: set[str] = set()
 
     def reader(index: int, base: str) -> None:
         deadline = time.monotonic() + 120  # bounded even if the publishes hang
@@ -334,6 +342,7 @@ def test_no_mixed_versions_during_publishes(backend: dict[str, str], tmp_path: P
                     continue
                 body = response.json()
                 version = body["version"]
+                sources.add(body["source"])
                 if index % 2 == 0:
                     apps = [i["app_id"] for items in body["surfaces"].values() for i in items]
                     expected = [f"{a}k{version}" for a in ("a1", "a2", "a3", "a4", "a5")]
@@ -345,14 +354,15 @@ def test_no_mixed_versions_during_publishes(backend: dict[str, str], tmp_path: P
                 else:
                     seen[index].append(version)
 
-    with api_server(tmp_path, _env(tmp_path, backend)) as base:
+    env = _env(tmp_path, backend, PE_SERVING__REDIS_URL=redis_url)
+    with api_server(tmp_path, env, "--redis-prefix", prefix) as base:
         threads = [threading.Thread(target=reader, args=(index, base)) for index in range(4)]
         for thread in threads:
             thread.start()
         try:
             time.sleep(0.5)
             for k in (2, 3):
-                assert publish(config, DATE, worlds[k - 1], f"m{k}")["version"] == k
+                assert publish(config, DATE, worlds[k - 1], f"m{k}", redis_prefix=prefix)["version"] == k
             started = time.monotonic()
             while time.monotonic() - started < 10 and not all(s and s[-1] == 3 for s in seen):
                 time.sleep(0.05)
@@ -361,7 +371,7 @@ def test_no_mixed_versions_during_publishes(backend: dict[str, str], tmp_path: P
             for thread in threads:
                 thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads)
-    assert problems == []
+    assert problems == [] and sources == {via}
     for versions in seen:
         assert len(versions) > 5 and versions == sorted(versions) and versions[-1] == 3, versions
 
