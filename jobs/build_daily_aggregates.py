@@ -69,7 +69,9 @@ date from c to L + 1 (the change decides the consent of that user's later events
 reader for D with ``known_by`` K uses the stored day E when no landing between K_E
 and K touched E; otherwise (or when E was never folded) it folds E in memory from
 silver with K, so point-in-time reads, reruns and backfills give what the
-from-scratch path gives. Nightly (K = D), after this job, every day is up to date.
+from-scratch path gives. Each day also records the landings validated when it was
+folded, so a landing validated later out of order (a late raw partition) is noticed
+too. Nightly (K = D), after this job, every day is up to date.
 """
 
 from __future__ import annotations
@@ -352,7 +354,10 @@ class _Knowledge:
 
     def __init__(self, spark: SparkSession, lake: Lake) -> None:
         self.spark, self.lake = spark, lake
-        self.folded = {day: str(record["known_by"]) for day, record in _read_states(spark, lake, "folded", C.EVENT_DATE).items()}
+        folded = _read_states(spark, lake, "folded", C.EVENT_DATE)
+        self.folded = {day: str(record["known_by"]) for day, record in folded.items()}
+        #: The landings validated when each day was folded (a landing validated later, out of order, is news).
+        self.seen = {day: set(record.get("landings", ())) for day, record in folded.items()}
         self.recorded = {day: list(record["touched"])
                          for day, record in _read_states(spark, lake, "landings", C.LANDING_DATE).items()}
         self.landings = landing_dates(spark, lake)
@@ -368,7 +373,9 @@ class _Knowledge:
         if stored is None:
             return False
         low, high = sorted((stored, known_by))
-        return not any(low < landing <= high and day in self.touched(landing) for landing in self.landings)
+        news = [landing for landing in self.landings
+                if low < landing <= high or (landing <= low and landing not in self.seen[day])]
+        return not any(day in self.touched(landing) for landing in news)
 
 
 # ------------------------------------------------------------------ reading and folding
@@ -433,8 +440,12 @@ def read_window(
     return DailyAggregates(tables[DAILY_USER], tables[DAILY_USER_APP], tables[DAILY_USER_TERMS])
 
 
-def _write_days(spark: SparkSession, lake: Lake, aggregates: DailyAggregates, days: list[str], known_by: str) -> None:
-    """Replace the stored aggregates of ``days`` (a day without rows keeps no partition)."""
+def _write_days(spark: SparkSession, lake: Lake, aggregates: DailyAggregates, days: list[str], known_by: str,
+                landings: list[str]) -> None:
+    """Replace the stored aggregates of ``days`` (a day without rows keeps no partition).
+
+    ``landings``: the validated landing dates up to ``known_by``, recorded with each day.
+    """
     for day in days:  # forget first: a crash midway leaves days unfolded, never half-written as folded
         io.delete_path(spark, f"{_state(lake, 'folded')}/{C.EVENT_DATE}={day}.json")
     for name, table in aggregates.tables().items():
@@ -443,7 +454,7 @@ def _write_days(spark: SparkSession, lake: Lake, aggregates: DailyAggregates, da
         table.write.mode("append").partitionBy(C.EVENT_DATE).parquet(lake.gold(name))
     for day in days:
         io.write_json(spark, f"{_state(lake, 'folded')}/{C.EVENT_DATE}={day}.json",
-                      {"event_date": day, "known_by": known_by})
+                      {"event_date": day, "known_by": known_by, "landings": landings})
 
 
 def main(config: Config, date: str, spark: SparkSession | None = None) -> dict[str, Any]:
@@ -471,7 +482,8 @@ def main(config: Config, date: str, spark: SparkSession | None = None) -> dict[s
         if to_fold:
             aggregates = fold_days(spark, lake, to_fold, date, read_snapshot(spark, lake, "users", date),
                                    materialise=lambda df: io.stage(df, scratch))
-            _write_days(spark, lake, aggregates, to_fold, date)
+            _write_days(spark, lake, aggregates, to_fold, date,
+                        [landing for landing in knowledge.landings if landing <= date])
     finally:
         io.delete_path(spark, scratch)
     log.info("daily aggregates %s: folded %s", date, ", ".join(to_fold) or "nothing")

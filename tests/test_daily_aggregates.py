@@ -132,7 +132,7 @@ def _stored_user_ids(spark, config: Config) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_incremental_outputs_equal_a_from_scratch_recomputation(spark, tmp_config: Config) -> None:
+def test_incremental_outputs_equal_a_from_scratch_recomputation(spark, tmp_config: Config, caplog) -> None:
     config = tmp_config
     config.profiles.window_days = 3
     config.validation.recompute_late_max_days = 1
@@ -157,6 +157,7 @@ def test_incremental_outputs_equal_a_from_scratch_recomputation(spark, tmp_confi
 
     compared: dict[str, dict[str, int]] = {}
     late_seen = False
+    restated_seen: list[str] = []
     for night in dates:
         report = V.main(config, night, spark, run_expectations_suites=False)
         late_seen = late_seen or bool(report["late_event_dates"])
@@ -165,6 +166,7 @@ def test_incremental_outputs_equal_a_from_scratch_recomputation(spark, tmp_confi
         restated = recompute_late_partitions(config, night, spark=spark)["recomputed"]
         _build(spark, config, night, None)
         compared[night] = _assert_equal_to_scratch(spark, config, night)
+        restated_seen += restated
         for day in restated:  # restated with what landed by tonight
             _assert_equal_to_scratch(spark, config, day, known_by=night)
         if night == d1:
@@ -174,7 +176,8 @@ def test_incremental_outputs_equal_a_from_scratch_recomputation(spark, tmp_confi
             (pseudonym,) = lake_user_ids(config, [deleted])
             assert pseudonym not in _stored_user_ids(spark, config)  # deletion reaches the aggregates
 
-    assert late_seen, "the world must hold late events"
+    assert late_seen and restated_seen, "the world must hold late events that restate a partition"
+    assert A.main(config, d3, spark=spark)["folded"] == []  # a rerun of the fold has nothing left to do
     assert all(counts["profiles"] > 0 and counts["interactions"] > 0 for counts in compared.values())
     # The withdrawals (at 00:00:00 of day 2, and late on day 1) keep both users' day 2 out of the aggregates.
     opted, late = lake_user_ids(config, [opted_out, late_opted_out])
@@ -187,7 +190,9 @@ def test_incremental_outputs_equal_a_from_scratch_recomputation(spark, tmp_confi
                       .read_text())["known_by"] >= d2
 
     # A rerun of night 1 with what it knew then (the stored days know more): folded in memory.
+    caplog.set_level("INFO", logger=A.__name__)
     build_profiles.main(config, d1, spark=spark)
+    assert f"folding 1 day(s) in memory for {d1} known by {d1}: {d1}" in caplog.text
     build_features.main(config, d1, spark=spark)
     _assert_equal_to_scratch(spark, config, d1)
     assert dt.date.fromisoformat(d3) - dt.date.fromisoformat(d1) == dt.timedelta(days=2)
@@ -267,3 +272,25 @@ def test_retention_drops_old_daily_aggregate_partitions(tmp_config: Config) -> N
     assert removed == [f"gold/{table}/{C.EVENT_DATE}=2026-09-01" for table in sorted(A.TABLES)]
     for table in A.TABLES:
         assert [p.name for p in (gold / table).iterdir()] == [f"{C.EVENT_DATE}=2026-10-05"]
+
+
+def test_a_stored_day_is_used_only_when_no_landing_in_between_touched_it() -> None:
+    knowledge = object.__new__(A._Knowledge)  # the state as read from the lake, without Spark
+    knowledge.landings = ["2026-09-30", "2026-10-01", "2026-10-02", "2026-10-03"]
+    knowledge.recorded = {
+        "2026-09-30": ["2026-09-30", "2026-10-01"],
+        "2026-10-01": ["2026-10-01", "2026-10-02"],
+        "2026-10-02": ["2026-10-02", "2026-10-03"],
+        "2026-10-03": ["2026-10-01", "2026-10-03", "2026-10-04"],  # a late event of 10-01
+    }
+    knowledge.folded = {"2026-10-01": "2026-10-02", "2026-10-02": "2026-10-02"}
+    knowledge.seen = {"2026-10-01": {"2026-10-01", "2026-10-02"}, "2026-10-02": {"2026-10-01", "2026-10-02"}}
+    assert knowledge.usable("2026-10-02", "2026-10-02")
+    assert knowledge.usable("2026-10-02", "2026-10-03")  # landing 10-03 did not touch 10-02
+    assert not knowledge.usable("2026-10-01", "2026-10-03")  # its late event did touch 10-01
+    assert not knowledge.usable("2026-10-02", "2026-10-01")  # folded knowing more: landing 10-02 touched it
+    assert not knowledge.usable("2026-10-03", "2026-10-03")  # never folded
+    # Landing 09-30 was validated after the fold (out of order) and touches 10-01, not 10-02.
+    assert not knowledge.usable("2026-10-01", "2026-10-02")
+    knowledge.seen["2026-10-01"].add("2026-09-30")
+    assert knowledge.usable("2026-10-01", "2026-10-02")
