@@ -46,7 +46,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from airflow.sdk import Param, chain, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 
 from personalization.alerts import on_failure_callback
 from personalization.assets import (
@@ -149,7 +149,10 @@ def _in_process_task(stage: str, outlets: list, pool: str):
 @dag(
     dag_id="personalization_nightly",
     description="Validate events, build profiles and features, train, score and publish recommendations",
-    schedule="@daily",
+    # The run for date D starts when D has ended (00:00 UTC on D+1) and its logical date is D: a
+    # plain "@daily" is a trigger timetable in Airflow 3, whose run at 00:00 would be for the day
+    # that is only starting, with nothing landed yet.
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     # No automatic catch-up of missed days; a range is rebuilt on purpose with `airflow backfill create`.
     catchup=False,

@@ -340,7 +340,7 @@ def test_the_nightly_dag_runs_on_a_fresh_lake_under_the_real_scheduler(standalon
     # The executor the scheduler ran them with: as many workers as cores, not Airflow's 32.
     assert f"executor=LocalExecutor(parallelism={max(2, os.cpu_count() or 2)})" in log.read_text(errors="replace")
 
-    # The unpause started a scheduled run for the newest schedule tick (today, UTC), a day with no
+    # The unpause started a scheduled run for the latest complete day (yesterday, UTC), a day with no
     # landed data: it fails in check_params, once, saying which dates landed; nothing else runs.
     # (A test that spans midnight sees one more scheduled run, for the new day.)
     scheduled = [r for r in api.runs(nightly) if r["run_type"] == "scheduled"]

@@ -18,6 +18,30 @@ HEAVY_MODULES = ("pandas", "torch", "pyspark", "mlflow", "great_expectations", "
 _PROBE = r"""
 import json, sys, os
 from airflow.dag_processing.dagbag import DagBag
+
+
+def _first_runs(dag):
+    # The first two scheduled runs from 2026-10-14 on: (logical date, earliest start), ISO strings.
+    import pendulum
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    # The scheduler's view: the serialized DAG's core timetable (the DAG file's is the SDK's).
+    timetable = decode_timetable(encode_timetable(dag.timetable))
+    if not hasattr(timetable, "next_dagrun_info") or not timetable.can_be_scheduled:
+        return []
+    runs, last = [], None
+    restriction = TimeRestriction(earliest=pendulum.datetime(2026, 10, 14, tz="UTC"), latest=None, catchup=True)
+    for _ in range(2):
+        info = timetable.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
+        if info is None:
+            break
+        runs.append([info.logical_date.isoformat(), info.run_after.isoformat()])
+        last = info.data_interval
+    return runs
+
+
 bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 heavy = [name for name in sys.argv[1].split(",") if name in sys.modules]
 dags = {}
@@ -37,6 +61,7 @@ for dag_id, dag in bag.dags.items():
             for task in dag.tasks if type(task).__name__ == "SparkSubmitOperator"},
         "params": {name: dag.params.get_param(name).schema for name in dag.params.keys()},
         "deadlines": [str(getattr(d, "interval", d)) for d in (dag.deadline or [])],
+        "first_runs": _first_runs(dag),
     }
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "heavy": heavy, "dags": dags}))
 """
@@ -159,3 +184,11 @@ def test_nightly_dag_publishes_serving_assets(dagbag: dict) -> None:
     outlets = dagbag["dags"]["personalization_nightly"]["outlets"]
     assert "personalization://serving/recommendations" in outlets["publish_serving"]
     assert "personalization://silver/events" in outlets["validate_raw_events"]
+
+
+def test_nightly_scheduled_run_processes_the_day_that_has_ended(dagbag: dict) -> None:
+    """The run for D starts at 00:00 UTC on D+1 with logical date D (a trigger timetable would run D at 00:00 of D)."""
+    assert dagbag["dags"]["personalization_nightly"]["first_runs"] == [
+        ["2026-10-14T00:00:00+00:00", "2026-10-15T00:00:00+00:00"],
+        ["2026-10-15T00:00:00+00:00", "2026-10-16T00:00:00+00:00"],
+    ]
