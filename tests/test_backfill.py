@@ -74,10 +74,13 @@ def two_backfills(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict,
         for name, value in {**SETTINGS, "PE_ROOT": str(root)}.items():
             patch.setenv(name, value)  # the DAG's tasks (a child process) read the same configuration
         config = load_config()
-        # Four landing dates: the first is history, the next three are backfilled.
-        summary = generate_world(config, progress=False, preset=dataclasses.replace(SCALE_PRESETS["tiny"], days=4))
-        history, *dates = summary.dates
-        pipeline.validate_raw_events(config, history)
+        # Five landing dates: the first two are history, the next three are backfilled. Training pairs
+        # come from events before the last `validation_days` (2) days, so the first backfilled date
+        # needs two earlier days to have any (with fewer, train_models fails on purpose: NoTrainingPairs).
+        summary = generate_world(config, progress=False, preset=dataclasses.replace(SCALE_PRESETS["tiny"], days=5))
+        history, dates = summary.dates[:2], summary.dates[2:]
+        for day in history:
+            pipeline.validate_raw_events(config, day)
         backfill_in_process(config, dates)
         first = _counts(config, dates)
         backfill_in_process(config, dates)
