@@ -170,7 +170,10 @@ def test_epochs_go_to_the_active_mlflow_run_by_epoch_and_leave_it_open(toy, tmp_
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
-        with mlflow.start_run() as run:
+        # An experiment of this store: an earlier test's mlflow.set_experiment (process-wide) names one of
+        # another store, which start_run() would otherwise look for here.
+        experiment_id = MlflowClient().create_experiment("cf-epoch-logging")
+        with mlflow.start_run(experiment_id=experiment_id) as run:
             fit = fit_cf_bpr(toy, config, options, workdir=str(tmp_path / "inside"))
             client = MlflowClient()
             assert client.get_run(run.info.run_id).info.status == "RUNNING"  # the logger did not end it
