@@ -119,6 +119,7 @@ def _redis() -> Any:
 
 # ------------------------------------------------------------- acceptance
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_delete_three_users_end_to_end_then_rectify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from personalization.config import load_config
     from personalization.data_rights import STORES, verify_deleted
