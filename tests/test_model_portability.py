@@ -25,8 +25,9 @@ from models.data import from_frames, toy_frames
 from models.registry import evaluate_and_promote
 from models.tracking import MODEL_REQUIREMENTS, model_code_modules
 from models.train import train
-from personalization.config import Config, load_config
+from personalization.config import Config
 from personalization.lake import Lake
+from tests.test_models_train import _config as train_config
 
 REPO = Path(__file__).resolve().parents[1]
 DATE = "2026-10-04"
@@ -34,20 +35,8 @@ MODEL = "rec-portable"
 
 
 def _config(root: Path) -> Config:
-    config = load_config(
-        environ={},
-        overrides={
-            "paths": {"root": str(root)},
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
-                "artifact_root": str(root / "artifacts"),
-                "registered_model": MODEL,
-            },
-            "training": {"models": ["two_tower"], "embedding_dim": 8, "batch_size": 64, "max_epochs": 2},
-        },
-    )
-    config.models.tt_hidden_dim = 16
-    return config
+    """The training tests' fast configuration, for the two-tower alone."""
+    return train_config(root, MODEL, models=["two_tower"])
 
 
 def _write_gold(config: Config, frames: dict[str, pd.DataFrame]) -> dict[str, int]:
