@@ -111,11 +111,11 @@ def child_generate(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_setup(args: argparse.Namespace) -> dict[str, Any]:
     """Validate every earlier landing date (one process, one JVM, like `pe run`)."""
-    from personalization.cli import _ingest_history
+    from personalization.pipeline import ingest_pending_landing_dates
 
     config = _load(args.config)
     started = time.perf_counter()
-    _ingest_history(config, args.date)
+    ingest_pending_landing_dates(config, args.date, progress=True)
     return {"seconds": time.perf_counter() - started}
 
 

@@ -62,21 +62,6 @@ def _ensure_world(config: Config) -> None:
     generate_world(config, progress=True)
 
 
-def _ingest_history(config: Config, date: str) -> None:
-    """Validate every earlier landing date not yet ingested, so the run's rolling window has history.
-
-    The nightly DAG's validate_raw_events task does the same
-    (:func:`personalization.pipeline.ingest_pending_landing_dates`); here it shows progress.
-    """
-    from tqdm import tqdm
-
-    from personalization import pipeline
-
-    pending = pipeline.pending_landing_dates(config, date)
-    for day in tqdm(pending, desc="ingesting earlier landing dates", unit="day", disable=not pending):
-        pipeline.validate_raw_events(config, day)
-
-
 # ------------------------------------------------------------------ commands
 def cmd_generate(args: argparse.Namespace) -> int:
     from personalization.generator import generate_world
@@ -88,13 +73,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from personalization import pipeline
+
     config = _config(args)
     _ensure_world(config)
     date = args.date or _latest_date(config)
-    _ingest_history(config, date)
+    pipeline.ingest_pending_landing_dates(config, date, progress=True)
     if args.direct:
-        from personalization import pipeline
-
         pipeline.run_all(config, date)
     else:
         from personalization.airflow_runner import run_dag_in_process
@@ -107,7 +92,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"See the task logs above; rerun one stage with `pe stage <name> --date {date}`.",
                   file=sys.stderr)
             return 1
-    from personalization import pipeline
     from personalization.summary import print_summary
 
     # What the experiment-report DAG does after a publish (a scheduler would trigger it).

@@ -156,15 +156,18 @@ def pending_landing_dates(config: Config, date: str) -> list[str]:
             if day < date and not exists(f"{lake.report('validation', day)}/report.json")]
 
 
-def ingest_pending_landing_dates(config: Config, date: str) -> list[str]:
+def ingest_pending_landing_dates(config: Config, date: str, progress: bool = False) -> list[str]:
     """Validate every earlier landing date not yet ingested, oldest first; return them.
 
     A fresh lake lands days of raw data at once while a nightly run validates only its
     own date, so without this its profile window and training split would hold that
-    one day. Validated dates are skipped: cheap once the lake is current.
+    one day. Validated dates are skipped: cheap once the lake is current. ``progress``
+    shows a progress bar (the CLI; Airflow task logs get one log line per date).
     """
+    from tqdm import tqdm
+
     pending = pending_landing_dates(config, date)
-    for day in pending:
+    for day in tqdm(pending, desc="ingesting earlier landing dates", unit="day", disable=not (progress and pending)):
         log.info("ingesting earlier landing date %s before %s", day, date)
         validate_raw_events(config, day)
     return pending
