@@ -376,14 +376,17 @@ class Config:
     def results_dir(self) -> str:
         return self.resolve(self.paths.results_dir)
 
+    def resolve_sqlite_url(self, url: str) -> str:
+        """``url`` with a relative SQLite path (``sqlite:///var/x.db``) made absolute; other URLs as they are."""
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            return prefix + self.resolve(url[len(prefix):])
+        return url
+
     @property
     def mlflow_tracking_uri(self) -> str:
         """Tracking URI with a relative SQLite path made absolute."""
-        uri = self.mlflow.tracking_uri
-        prefix = "sqlite:///"
-        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            return prefix + self.resolve(uri[len(prefix):])
-        return uri
+        return self.resolve_sqlite_url(self.mlflow.tracking_uri)
 
     @property
     def mlflow_artifact_root(self) -> str:
@@ -393,11 +396,7 @@ class Config:
     @property
     def serving_url(self) -> str:
         """Serving DB URL with a relative SQLite path made absolute."""
-        url = self.serving.url
-        prefix = "sqlite:///"
-        if url.startswith(prefix) and not url.startswith(prefix + "/"):
-            return prefix + self.resolve(url[len(prefix):])
-        return url
+        return self.resolve_sqlite_url(self.serving.url)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -96,10 +96,7 @@ def reader_url(config: Config, environ: dict[str, str] | None = None) -> sa.URL:
     environ = os.environ if environ is None else environ
     password = environ.get(DEFAULT_PASSWORD_ENV) or None
     if config.serving.reader_url:
-        text = config.serving.reader_url
-        if text.startswith("sqlite:///") and not text.startswith("sqlite:////"):
-            text = "sqlite:///" + config.resolve(text[len("sqlite:///"):])
-        url = sa.make_url(text)
+        url = sa.make_url(config.resolve_sqlite_url(config.serving.reader_url))
         if url.get_backend_name() == "postgresql" and url.password is None and password:
             url = url.set(password=password)
         return url
