@@ -308,7 +308,7 @@ def _validation_report(lake: Lake, date: str) -> str:
     return f"{lake.report('validation', date)}/report.json"
 
 
-def landing_dates(spark: SparkSession, lake: Lake) -> list[str]:
+def validated_landing_dates(spark: SparkSession, lake: Lake) -> list[str]:
     """Landing dates that validation has processed (those with a validation report)."""
     base = lake.report("validation", "2000-01-01").rsplit("/", 1)[0]
     return [day for day in io.list_partitions(spark, base, "date") if io.path_exists(spark, _validation_report(lake, day))]
@@ -360,7 +360,7 @@ class _Knowledge:
         self.seen = {day: set(record.get("landings", ())) for day, record in folded.items()}
         self.recorded = {day: list(record["touched"])
                          for day, record in _read_states(spark, lake, "landings", C.LANDING_DATE).items()}
-        self.landings = landing_dates(spark, lake)
+        self.landings = validated_landing_dates(spark, lake)
 
     def touched(self, landing: str) -> list[str]:
         if landing not in self.recorded:  # validated but never folded: ask silver
