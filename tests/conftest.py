@@ -75,3 +75,15 @@ def tmp_config(tmp_path: Path) -> Config:
         },
         environ={},
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> "World":  # noqa: F821
+    """One fresh ``tiny`` world run by ``pe run`` (a separate process), shared by the session's tests.
+
+    Read-only: a test that changes the world works on ``tests.worlds.copy_world(tiny_world, tmp_path)``.
+    The first test that asks for it pays the run (minutes): give it a ``timeout`` mark that covers that.
+    """
+    from tests.worlds import build_world
+
+    return build_world(tmp_path_factory.mktemp("tiny-world"))

@@ -8,34 +8,17 @@ plain SQL on the stable names.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-# Two fresh-world nightly runs in the module fixture: above pytest's default 900 s on a loaded 2-core machine.
+from tests.worlds import World, cli_env, copy_world, run_cli
+
+# The session's fresh-world run (if no test built it yet) and a rerun: above pytest's default 900 s when loaded.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env(root: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(PE_ROOT=str(root), PE_GENERATOR__SCALE="tiny")
-    env.pop("PE_CONFIG", None)
-    return env
-
-
-def _pe(root: Path, *args: str) -> subprocess.CompletedProcess:
-    completed = subprocess.run(
-        [sys.executable, "-m", "personalization.cli", *args], cwd=root, env=_env(root),
-        capture_output=True, text=True, timeout=1500,
-    )
-    assert completed.returncode == 0, (completed.stdout[-4000:], completed.stderr[-6000:])
-    return completed
 
 
 def _counts(db: Path) -> dict[str, int]:
@@ -47,16 +30,14 @@ def _counts(db: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def nightly_run(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("e2e")
-    first = _pe(root, "run")
-    db = root / "var" / "serving.db"
-    counts_first = _counts(db)
-    second = _pe(root, "run")
-    counts_second = _counts(db)
-    world = json.loads((root / "var" / "lake" / "raw" / "_manifests" / "world.json").read_text())
-    return {"root": root, "db": db, "first": first, "second": second, "counts": (counts_first, counts_second),
-            "world": world}
+def nightly_run(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The session's fresh-world ``pe run``, and a second ``pe run`` of the same date on a copy of it."""
+    counts_first = _counts(tiny_world.serving_db)
+    again = copy_world(tiny_world, tmp_path_factory.mktemp("e2e-rerun"))
+    second = run_cli(again.root, "run")
+    counts_second = _counts(again.serving_db)
+    return {"root": tiny_world.root, "db": tiny_world.serving_db, "first": tiny_world.first_run, "second": second,
+            "counts": (counts_first, counts_second), "world": tiny_world.manifest}
 
 
 def test_run_prints_the_summary(nightly_run: dict) -> None:
@@ -136,7 +117,7 @@ def test_notebooks_execute_top_to_bottom(nightly_run: dict, name: str, monkeypat
     from nbclient import NotebookClient
 
     # The kernel inherits the environment: the notebooks find the run through the configuration.
-    for key, value in _env(nightly_run["root"]).items():
+    for key, value in cli_env(nightly_run["root"]).items():
         monkeypatch.setenv(key, value)
     notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3",

@@ -1,12 +1,13 @@
 """Privacy acceptance on the ``tiny`` world: deletion end to end, and rectification.
 
-The slow test runs the nightly stages for the world's second-to-last date D0 (after
-ingesting the earlier landing dates), erases three users through the CLI (a buyer,
-one who withdrew behavioural consent earlier, one who signed up on D0), verifies
-every store, re-scores D0, lands a corrected user record, and runs D1 (the last date).
+The slow test works on a copy of the session's tiny world (run by ``pe run`` for
+its last date D), erases three users through the CLI (a buyer, one who withdrew
+behavioural consent earlier, one who signed up on D), verifies every store,
+re-scores D, lands a corrected user record with D's sign-ups and reruns the whole
+nightly pipeline for D.
 
 "Unchanged except where the deleted users influenced popularity" is checked exactly
-on the re-scoring of D0: same champion (with the deleted rows purged), same gold
+on the re-scoring of D: same champion (with the deleted rows purged), same gold
 inputs minus the deleted rows. Every other user's ``for_you`` list must be identical,
 except a popularity-based list (a "Popular ..."/"Trending ..." reason) that holds,
 before or after, an app one of the deleted users interacted with: those apps'
@@ -28,7 +29,7 @@ import pandas as pd
 import pytest
 
 from tests.test_data_rights import _serving_rows
-from tests.test_e2e import _pe
+from tests.worlds import World, copy_world, run_cli
 
 REDIS_URL = os.environ.get("PE_TEST_PRIVACY_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -120,26 +121,25 @@ def _redis() -> Any:
 # ------------------------------------------------------------- acceptance
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_delete_three_users_end_to_end_then_rectify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_delete_three_users_end_to_end_then_rectify(tiny_world: World, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from personalization.config import load_config
     from personalization.data_rights import STORES, verify_deleted
     from personalization.privacy import lake_user_ids
 
-    root = tmp_path
+    world = copy_world(tiny_world, tmp_path / "world")
+    root, lake, db = world.root, world.lake, world.serving_db
+    date = world.last_date
     client = _redis()
     if client is not None:
-        monkeypatch.setenv("PE_SERVING__REDIS_URL", REDIS_URL)  # _pe passes os.environ to the CLI
-    _pe(root, "generate")
-    lake, db = root / "var" / "lake", root / "var" / "serving.db"
-    world = json.loads((lake / "raw" / "_manifests" / "world.json").read_text())
-    dates = sorted(p.name.split("=", 1)[1] for p in (lake / "raw" / "events").iterdir())
-    d0, d1 = dates[-2], dates[-1]
-    assert d1 == world["last_date"]
-    _pe(root, "run", "--date", d0, "--direct")
+        monkeypatch.setenv("PE_SERVING__REDIS_URL", REDIS_URL)  # run_cli passes os.environ to the CLI
+        # The shared world was published without Redis: publish this copy's lists there too.
+        for stage in ("publish_serving", "validate_serving"):
+            run_cli(root, "stage", stage, "--date", date)
     config = load_config(environ={"PE_ROOT": str(root), "PE_GENERATOR__SCALE": "tiny",
                                   **({"PE_SERVING__REDIS_URL": REDIS_URL} if client is not None else {})})
 
-    users = _pick(lake, d0)
+    users = _pick(lake, date)
     deleted = sorted(users.values())
     touched = {e["app_id"] for e in _records(lake, "events") if e.get("user_id") in deleted and e.get("app_id")}
     before_lists = _for_you(db)
@@ -149,10 +149,10 @@ def test_delete_three_users_end_to_end_then_rectify(tmp_path: Path, monkeypatch:
     assert all(found["hits"][store] > 0 for store in ("raw", "silver", "gold", "serving_db", "mlflow"))
 
     # ---- erase through the CLI (exit 0 only when its own verification is clean)
-    out = json.loads(_pe(root, "delete-user", *deleted, "--requested-by", "dpo@example.com").stdout)
+    out = json.loads(run_cli(root, "delete-user", *deleted, "--requested-by", "dpo@example.com").stdout)
     assert out["verification"] == {"clean": True, "hits": {store: 0 for store in STORES}}
     assert all(out["deleted"][store] > 0 for store in ("raw", "silver", "gold", "serving_db", "mlflow"))
-    check = json.loads(_pe(root, "verify-deleted", *deleted).stdout)
+    check = json.loads(run_cli(root, "verify-deleted", *deleted).stdout)
     assert check["clean"] is True and check["hits"] == {store: 0 for store in STORES}
     assert ("redis" in check["skipped"]) is (client is None)
     if client is not None:
@@ -166,9 +166,9 @@ def test_delete_three_users_end_to_end_then_rectify(tmp_path: Path, monkeypatch:
     assert _serving_rows(config.serving_url) == {
         table: [row for row in rows if row[0] not in deleted] for table, rows in before_rows.items()}
 
-    # ---- re-score D0: others change only through the popularity the deleted users fed
+    # ---- re-score D: others change only through the popularity the deleted users fed
     for stage in ("score_users", "publish_serving", "validate_serving"):
-        _pe(root, "stage", stage, "--date", d0)
+        run_cli(root, "stage", stage, "--date", date)
     after_lists = _for_you(db)
     assert not set(deleted) & set(after_lists)
     others = sorted(set(before_lists) - set(deleted))
@@ -181,32 +181,32 @@ def test_delete_three_users_end_to_end_then_rectify(tmp_path: Path, monkeypatch:
     changed = [u for u in exact if before_lists[u] != after_lists[u]]
     assert changed == [], f"{len(changed)} of {len(exact)} lists changed, e.g. {changed[:3]}"
 
-    # ---- rectification: a corrected record for another user lands with D1's sign-ups
-    active_d1 = {e["user_id"] for e in _records(lake, "events") if e["_partition"] == d1}
+    # ---- rectification: a corrected record for another user lands with D's sign-ups
+    active_on_date = {e["user_id"] for e in _records(lake, "events") if e["_partition"] == date}
     raw_users = {u["user_id"]: u for u in _records(lake, "users")}
     candidates = sorted(u for u in others
-                        if u in active_d1 and raw_users[u].get("consent_demographics")
+                        if u in active_on_date and raw_users[u].get("consent_demographics")
                         and raw_users[u].get("age_group") not in ("13-17", None))
     target = candidates[0]
     corrected = {k: v for k, v in raw_users[target].items() if k != "_partition"}
     corrected.update(age_group="13-17")
-    with open(lake / "raw" / "users" / f"date={d1}" / "users.jsonl", "a", encoding="utf-8") as handle:
+    with open(lake / "raw" / "users" / f"date={date}" / "users.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps(corrected) + "\n")
 
-    # ---- the next nightly run succeeds; nothing of the deleted users comes back
-    _pe(root, "run", "--date", d1, "--direct")
-    assert json.loads(_pe(root, "verify-deleted", *deleted).stdout)["clean"] is True
+    # ---- the whole nightly rerun of D succeeds; nothing of the deleted users comes back
+    run_cli(root, "run", "--date", date, "--direct")
+    assert json.loads(run_cli(root, "verify-deleted", *deleted).stdout)["clean"] is True
     assert not set(deleted) & set(_for_you(db))
 
     (lake_target,) = lake_user_ids(config, [target])
-    profile = pd.read_parquet(lake / "gold" / "profiles" / f"date={d1}")
+    profile = pd.read_parquet(lake / "gold" / "profiles" / f"date={date}")
     assert profile.loc[profile["user_id"] == lake_target, "age_group"].tolist() == ["13-17"]
-    apps = pd.read_parquet(lake / "silver" / "apps" / f"date={d1}")[["app_id", "age_rating"]]
+    apps = pd.read_parquet(lake / "silver" / "apps" / f"date={date}")[["app_id", "age_rating"]]
     rating = dict(zip(apps["app_id"], apps["age_rating"], strict=True))
     with sqlite3.connect(db) as connection:
         served = [app for (app,) in connection.execute(
             "SELECT app_id FROM recommendations WHERE user_id = ?", (target,))]
-    assert served, "the corrected user is active on D1 and gets lists"
+    assert served, "the corrected user is active on D and gets lists"
     assert max(rating[app] for app in served) <= 13  # 13-17: no app rated 17+ any more
     if client is not None:
         client.close()
