@@ -78,10 +78,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     _ensure_world(config)
     date = args.date or _latest_date(config)
-    pipeline.ingest_pending_landing_dates(config, date, progress=True)
     if args.direct:
+        pipeline.ingest_pending_landing_dates(config, date, progress=True)
         pipeline.run_all(config, date)
     else:
+        # The DAG's validate task ingests the earlier landing dates itself (one Spark session,
+        # in the DAG's process): ingesting them here first would start a second one.
         from personalization.airflow_runner import run_dag_in_process
 
         print(f"running DAG personalization_nightly for {date} (Airflow home {config.airflow_home}) ...", flush=True)

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: one local Spark session and an isolated Config.
+"""Shared pytest fixtures: one local Spark session, an isolated Config, the shared tiny world.
 
 The Spark session is session-scoped because starting a JVM costs seconds; tests
 must not stop it. ``local[1]`` and one shuffle partition keep tiny-data jobs fast

@@ -1,4 +1,7 @@
-"""A backfill of 3 consecutive dates, run twice, gives the same rows.
+"""A backfill of 2 consecutive dates, run twice, gives the same rows.
+
+It runs on a copy of the session's tiny world (every landing date ingested, the
+last one run), so the backfilled dates have their history and training pairs.
 
 Runs go through the nightly DAG exactly as `airflow backfill create` schedules
 them: one run per logical date, no conf (the tasks take the date from the
@@ -8,7 +11,6 @@ logical date), executed with ``dag.test()`` in one child process
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from personalization.config import Config, load_config
+from tests.worlds import World, copy_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -61,26 +64,17 @@ SETTINGS = {"PE_GENERATOR__SCALE": "tiny", "PE_TRAINING__MODELS": "popularity", 
 
 
 @pytest.fixture(scope="module")
-def two_backfills(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, list[str]]:
-    from personalization import pipeline
+def two_backfills(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, list[str]]:
     from personalization.airflow_runner import backfill_in_process
-    from personalization.generator import generate_world
-    from personalization.generator.presets import SCALE_PRESETS
 
-    root = tmp_path_factory.mktemp("backfill")
+    world = copy_world(tiny_world, tmp_path_factory.mktemp("backfill"))
+    dates = sorted(path.name.split("=", 1)[1] for path in (world.lake / "raw" / "events").iterdir())[-2:]
     patch = pytest.MonkeyPatch()
     try:
         patch.delenv("PE_CONFIG", raising=False)
-        for name, value in {**SETTINGS, "PE_ROOT": str(root)}.items():
+        for name, value in {**SETTINGS, "PE_ROOT": str(world.root)}.items():
             patch.setenv(name, value)  # the DAG's tasks (a child process) read the same configuration
         config = load_config()
-        # Five landing dates: the first two are history, the next three are backfilled. Training pairs
-        # come from events before the last `validation_days` (2) days, so the first backfilled date
-        # needs two earlier days to have any (with fewer, train_models fails on purpose: NoTrainingPairs).
-        summary = generate_world(config, progress=False, preset=dataclasses.replace(SCALE_PRESETS["tiny"], days=5))
-        history, dates = summary.dates[:2], summary.dates[2:]
-        for day in history:
-            pipeline.validate_raw_events(config, day)
         backfill_in_process(config, dates)
         first = _counts(config, dates)
         backfill_in_process(config, dates)
@@ -95,7 +89,7 @@ def test_backfill_twice_rebuilds_the_same_lake_partitions(two_backfills: tuple[d
     for date in dates:
         assert second["lake"][date] == first["lake"][date], date
         assert all(rows > 0 for rows in first["lake"][date].values()), (date, first["lake"][date])
-    assert sorted(first["published"]) == dates  # every date was scored and published
+    assert sorted(first["published"]) == dates  # every date was scored and published (the world's run: the last)
 
 
 def test_backfill_twice_scores_and_publishes_the_same_rows(two_backfills: tuple[dict, dict, list[str]]) -> None:
