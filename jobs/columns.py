@@ -56,6 +56,16 @@ DAYTIME = "daytime"  # night | morning | afternoon | evening
 DEVICE_CLASS = "device_class"  # phone | tablet | desktop
 IS_LATE = "is_late"  # event_date < landing_date
 
+#: Columns of a silver event row, in order; the partition column ``event_date`` is the directory.
+SILVER_EVENT_COLUMNS = tuple(
+    [name for name in RAW_EVENT_FIELDS if name != IP]
+    + [LANDING_DATE, LOCAL_HOUR, LOCAL_WEEKDAY, DAYTIME, DEVICE_CLASS, IS_LATE]
+)
+#: Whole-batch counts of a validated landing batch (validate_raw_events.batch_aggregates), checked by GX.
+BATCH_AGGREGATE_KEYS = (
+    "n_rows", "n_duplicate_event_ids", "n_unknown_user_ids", "n_unknown_app_ids", "n_null_required", "n_bad_ts",
+)
+
 # quarantine
 RAW_RECORD = "raw_record"  # the line as text: exact when it is valid UTF-8, else invalid bytes as U+FFFD
 RAW_BYTES = "raw_bytes"  # binary: the line exactly as received, without its "\n" terminator

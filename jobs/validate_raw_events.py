@@ -66,12 +66,6 @@ _ORIGINAL_EVENT_ID = "_original_event_id"
 #: ISO-8601 instant with a zone designator, e.g. 2026-10-01T13:22:11Z or ...+02:00.
 ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$"
 
-SILVER_EVENT_COLUMNS = tuple(
-    [name for name in C.RAW_EVENT_FIELDS if name != C.IP]
-    + [C.LANDING_DATE, C.LOCAL_HOUR, C.LOCAL_WEEKDAY, C.DAYTIME, C.DEVICE_CLASS, C.IS_LATE]
-)  # plus the partition column event_date (the directory)
-
-
 class DataQualityError(RuntimeError):
     """The landing batch has more bad records than ``validation.max_bad_rate`` allows."""
 
@@ -249,7 +243,7 @@ def normalise_events(clean: DataFrame, landing_date: str) -> DataFrame:
 
     ``ts`` becomes a UTC timestamp; local context comes from ``tz`` (unknown zones
     count as UTC); ``session_id`` is filled deterministically from user and UTC hour
-    when missing; ``ip`` is dropped. Output: ``SILVER_EVENT_COLUMNS`` + ``event_date``.
+    when missing; ``ip`` is dropped. Output: ``columns.SILVER_EVENT_COLUMNS`` + ``event_date``.
     """
     landing = check_date(landing_date)
     zone = F.when(
@@ -283,7 +277,7 @@ def normalise_events(clean: DataFrame, landing_date: str) -> DataFrame:
             ),
         )
     )
-    return out.select(*SILVER_EVENT_COLUMNS, C.EVENT_DATE)
+    return out.select(*C.SILVER_EVENT_COLUMNS, C.EVENT_DATE)
 
 
 def quarantine_records(flagged: DataFrame) -> DataFrame:
@@ -400,12 +394,8 @@ def batch_aggregates(clean: DataFrame, known_users: DataFrame, catalogue: DataFr
         )
         .first()
     )
-    return {key: int(row[key] or 0) for key in AGGREGATE_KEYS}
+    return {key: int(row[key] or 0) for key in C.BATCH_AGGREGATE_KEYS}
 
-
-AGGREGATE_KEYS = (
-    "n_rows", "n_duplicate_event_ids", "n_unknown_user_ids", "n_unknown_app_ids", "n_null_required", "n_bad_ts",
-)
 
 
 def run_expectations(

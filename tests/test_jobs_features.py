@@ -15,7 +15,6 @@ from pyspark.ml.feature import HashingTF
 
 from jobs import build_features as Fe
 from jobs import columns as C
-from jobs.validate_raw_events import SILVER_EVENT_COLUMNS
 from personalization.config import load_config
 from personalization.lake import Lake
 
@@ -95,7 +94,7 @@ def lake(spark, tmp_path_factory, request):
     )
     lake = Lake(config)
     events = spark.createDataFrame(EVENTS, SILVER_SCHEMA)
-    assert tuple(events.columns) == (*SILVER_EVENT_COLUMNS, C.EVENT_DATE)
+    assert tuple(events.columns) == (*C.SILVER_EVENT_COLUMNS, C.EVENT_DATE)
     events.write.partitionBy(C.EVENT_DATE).parquet(lake.silver("events"))
     users = spark.createDataFrame(
         [

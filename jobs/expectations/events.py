@@ -6,19 +6,15 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 
 from jobs import columns as C
-from jobs.validate_raw_events import AGGREGATE_KEYS
 
 #: Rows of the clean batch validated row by row (a deterministic hash sample).
 SAMPLE_ROWS = 10_000
 
-#: Columns every silver event row carries (partition column event_date included).
-SILVER_EVENT_COLUMNS = tuple(
-    [name for name in C.RAW_EVENT_FIELDS if name != C.IP]
-    + [C.EVENT_DATE, C.LANDING_DATE, C.LOCAL_HOUR, C.LOCAL_WEEKDAY, C.DAYTIME, C.DEVICE_CLASS, C.IS_LATE]
-)
+#: Columns every silver event row carries, the partition column event_date included.
+SILVER_EVENT_COLUMNS = (*C.SILVER_EVENT_COLUMNS, C.EVENT_DATE)
 
 #: Whole-batch aggregates computed in Spark (validate_raw_events.batch_aggregates), one-row table.
-AGGREGATE_COLUMNS = AGGREGATE_KEYS
+AGGREGATE_COLUMNS = C.BATCH_AGGREGATE_KEYS
 
 # pandas dtypes that Arrow produces for the Spark types (nullable ints may become floats).
 _STRING = ["object", "str", "string", "StringDtype", "string[python]", "string[pyarrow]"]
