@@ -397,7 +397,6 @@ def batch_aggregates(clean: DataFrame, known_users: DataFrame, catalogue: DataFr
     return {key: int(row[key] or 0) for key in C.BATCH_AGGREGATE_KEYS}
 
 
-
 def run_expectations(
     clean: DataFrame, aggregates: dict[str, int], reports_root: str, run_name: str, sample_rows: int | None = None
 ) -> dict[str, Any]:

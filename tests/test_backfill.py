@@ -89,7 +89,7 @@ def test_backfill_twice_rebuilds_the_same_lake_partitions(two_backfills: tuple[d
     for date in dates:
         assert second["lake"][date] == first["lake"][date], date
         assert all(rows > 0 for rows in first["lake"][date].values()), (date, first["lake"][date])
-    assert sorted(first["published"]) == dates  # every date was scored and published (the world's run: the last)
+    assert sorted(first["published"]) == dates  # every date was scored and published (the last one also by the world's own run)
 
 
 def test_backfill_twice_scores_and_publishes_the_same_rows(two_backfills: tuple[dict, dict, list[str]]) -> None:

@@ -22,22 +22,21 @@ from pathlib import Path
 CLI_TIMEOUT_S = 1500
 
 
-def cli_env(root: Path, **extra: str) -> dict[str, str]:
+def cli_env(root: Path) -> dict[str, str]:
     """The environment of a ``pe`` command on the world under ``root`` (tiny scale, no config file)."""
     env = dict(os.environ)
-    env.update(PE_ROOT=str(root), PE_GENERATOR__SCALE="tiny", **extra)
+    env.update(PE_ROOT=str(root), PE_GENERATOR__SCALE="tiny")
     env.pop("PE_CONFIG", None)
     return env
 
 
-def run_cli(root: Path, *args: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     """Run ``pe <args>`` as its own process on the world under ``root``; fail the test on a non-zero exit."""
     completed = subprocess.run(
-        [sys.executable, "-m", "personalization.cli", *args], cwd=root, env=cli_env(root, **extra),
+        [sys.executable, "-m", "personalization.cli", *args], cwd=root, env=cli_env(root),
         capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
     )
-    if check:
-        assert completed.returncode == 0, (args, completed.stdout[-4000:], completed.stderr[-6000:])
+    assert completed.returncode == 0, (args, completed.stdout[-4000:], completed.stderr[-6000:])
     return completed
 
 
@@ -86,14 +85,11 @@ def copy_world(world: World, target: Path) -> World:
 
 
 def _replace_text(database: Path, old: str, new: str) -> None:
-    """Replace ``old`` by ``new`` in every text column of every table of a SQLite database."""
+    """Replace ``old`` by ``new`` in every text value of every table of a SQLite database."""
     with sqlite3.connect(database) as connection:
         tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
-            columns = [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')
-                       if row[2].upper() in ("", "TEXT", "VARCHAR") or "CHAR" in row[2].upper()
-                       or "TEXT" in row[2].upper()]
-            for column in columns:
+            for column in [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')]:
                 connection.execute(
                     f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
                     f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0', (old, new, old))
